@@ -1,0 +1,198 @@
+"""Fail closed: nothing is forwarded because a pangate control broke.
+
+mitmproxy logs an exception raised in a hook and lets the flow go on; a
+script that fails to reload is unregistered and traffic flows unchecked.
+Three layers stop that:
+
+1. `Component` wraps every flow hook of every pangate addon: an exception
+   refuses that flow with a JSON error instead of letting it continue.
+2. `Sentinel` is added to mitmproxy's own addon chain, outside the script, the
+   first time the gateway script loads. It outlives reloads and refuses every
+   flow while the pangate chain is not loaded and healthy.
+3. Before the script has ever loaded (or if it never loads), the launcher arms
+   mitmproxy's built-in block_list with ARM_BLOCK; the Sentinel disarms it once
+   it is in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import json
+import logging
+import traceback
+import uuid
+
+from mitmproxy import ctx, http
+
+log = logging.getLogger("pangate")
+
+# Given to mitmdump as `--set block_list=...` by scripts/run and the tests:
+# every request is refused with 503 until the Sentinel takes over.
+ARM_BLOCK = "|~all|503"
+
+REQUEST_HOOKS = {"http_connect", "requestheaders", "request"}
+RESPONSE_HOOKS = {"responseheaders", "response"}
+MESSAGE_HOOKS = {"websocket_start", "websocket_message", "tcp_start", "tcp_message", "udp_start",
+                 "udp_message", "dns_request"}
+FLOW_HOOKS = REQUEST_HOOKS | RESPONSE_HOOKS | MESSAGE_HOOKS | {"error", "websocket_end"}
+
+
+class _State:
+    live = False  # the gateway chain is loaded and configured
+    problem = "the pangate gateway is not loaded"
+    sentinel = None
+
+
+STATE = _State()
+
+
+def request_id(flow) -> str:
+    """Every flow gets one id, shown to the client and in every record of it."""
+    meta = flow.metadata.setdefault("pangate", {})
+    if "request_id" not in meta:
+        meta["request_id"] = uuid.uuid4().hex[:20]
+    return meta["request_id"]
+
+
+def meta(flow) -> dict:
+    """pangate's own notes on a flow. Saved with flows and shown in mitmweb: nothing secret here."""
+    return flow.metadata.setdefault("pangate", {})
+
+
+def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict | None = None) -> None:
+    """Answer the client with pangate's JSON refusal; the request goes no further."""
+    rid = request_id(flow)
+    body = json.dumps({"error": error, "reason": reason, "code": code, "request_id": rid}, indent=1)
+    hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Pangate-Request-Id": rid}
+    hdrs.update(headers or {})
+    response = http.Response.make(status, body + "\n", hdrs)
+    if flow.request.method == "CONNECT":
+        # Clients often show only the status line of a refused CONNECT, so it says why.
+        response.reason = f"{response.reason} ({code})"
+    flow.response = response
+    m = meta(flow)
+    m["refused"] = {"status": status, "code": code, "reason": reason}
+    if status >= 500 and code != "policy_unavailable":
+        m.setdefault("error", reason)
+
+
+def refused(flow) -> bool:
+    """True when pangate has already answered this flow itself."""
+    return "refused" in flow.metadata.get("pangate", {})
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """A traceback with card numbers masked: exception messages can quote data (int('4111...'))."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        from .pan import Masker
+
+        return Masker().mask_text(text)[0]
+    except Exception:
+        return f"{type(exc).__name__} (traceback withheld: it could not be masked)"
+
+
+def fail_flow(flow, hook: str, exc: BaseException, addon: str) -> None:
+    """Refuse a flow after a pangate hook failed on it."""
+    log.error("pangate %s.%s failed; flow refused:\n%s", addon, hook, safe_traceback(exc))
+    reason = f"an internal check failed ({addon}.{hook}); the request was not forwarded"
+    if hook in MESSAGE_HOOKS or not isinstance(flow, http.HTTPFlow):
+        meta(flow)["error"] = reason
+        if flow.killable:
+            flow.kill()
+        return
+    if hook == "responseheaders" and flow.response is not None:
+        # Buffer the body so that `response` can replace it; nothing unchecked goes out.
+        flow.response.stream = False
+    if hook != "error":
+        refuse(flow, 502, "gateway_error", reason, "internal_error")
+    meta(flow)["failed_hook"] = f"{addon}.{hook}"
+
+
+def _wrap(name: str, fn):
+    addon_name = None
+
+    if inspect.iscoroutinefunction(fn):
+        @functools.wraps(fn)
+        async def async_guarded(self, flow, *args):
+            try:
+                return await fn(self, flow, *args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                fail_flow(flow, name, e, addon_name or type(self).__name__)
+        return async_guarded
+
+    @functools.wraps(fn)
+    def guarded(self, flow, *args):
+        try:
+            return fn(self, flow, *args)
+        except Exception as e:
+            fail_flow(flow, name, e, addon_name or type(self).__name__)
+    return guarded
+
+
+class Component:
+    """Base of every pangate addon: flow hooks fail closed, and health is reported.
+
+    `healthy` is False while the component cannot do its job (no policy, no
+    audit sink); the Guard refuses traffic then.
+    """
+
+    healthy = True
+    problem = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in FLOW_HOOKS:
+            fn = cls.__dict__.get(name)
+            if fn is not None and not getattr(fn, "_pangate_guarded", False):
+                wrapped = _wrap(name, fn)
+                wrapped._pangate_guarded = True
+                setattr(cls, name, wrapped)
+
+
+class Sentinel:
+    """Refuses every flow while the pangate chain is not live. Survives script reloads."""
+
+    name = "pangate-sentinel"
+
+    def _check(self, flow) -> None:
+        if STATE.live or flow.response is not None and refused(flow):
+            return
+        refuse(flow, 503, "unavailable", STATE.problem, "gateway_not_ready")
+
+    def http_connect(self, flow):
+        self._check(flow)
+
+    def requestheaders(self, flow):
+        self._check(flow)
+
+    def request(self, flow):
+        self._check(flow)
+
+    def response(self, flow):
+        if not STATE.live and not refused(flow):
+            self._check(flow)
+
+    def websocket_message(self, flow):
+        if not STATE.live:
+            flow.kill()
+
+    def tcp_start(self, flow):
+        flow.kill()
+
+    def udp_start(self, flow):
+        flow.kill()
+
+
+def install_sentinel() -> None:
+    """Put the Sentinel in mitmproxy's own chain once, and disarm the startup block."""
+    if STATE.sentinel is None or STATE.sentinel not in ctx.master.addons.chain:
+        STATE.sentinel = Sentinel()
+        if ctx.master.addons.get(Sentinel.name) is None:
+            ctx.master.addons.add(STATE.sentinel)
+    if ARM_BLOCK in ctx.options.block_list:
+        ctx.options.update(block_list=[b for b in ctx.options.block_list if b != ARM_BLOCK])
