@@ -1,0 +1,274 @@
+"""Table-driven tests of the PAN/SAD engine (pangate.pan)."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from pangate.pan import (Masker, PanMatch, brand_of, contains_pan, find_pans, luhn_ok,
+                         url_contains_pan)
+from pan_corpus import (FALSE_POSITIVES, break_luhn, dense_csv_rows, in_formats, luhn_digit,
+                        make_pan, separator_styles, valid_pans)
+
+M = Masker()
+KEY = b"k" * 32
+VALID = valid_pans()
+
+
+def masked_ok(out: bytes, pan: str) -> bool:
+    """The PAN's digits no longer appear and the bin6 / last4 survive."""
+    flat = out.replace(b" ", b"").replace(b"-", b"")
+    return pan.encode() not in flat and pan[-4:].encode() in flat
+
+
+# ---- Luhn and issuer table ------------------------------------------------
+def test_luhn_known_values():
+    assert luhn_ok("4111111111111111") and luhn_ok(b"378282246310005")
+    assert not luhn_ok("4111111111111112")
+    assert not luhn_ok("") and not luhn_ok("4111-1111") and not luhn_ok("٤١١١")
+    for body in ("411111111111111", "5500000000000", "6011000000000"):
+        assert luhn_ok(body + luhn_digit(body))
+
+
+@pytest.mark.parametrize("brand,pan", VALID, ids=[f"{b}-{len(p)}-{p[:6]}" for b, p in VALID])
+def test_every_brand_and_length_is_masked(brand, pan):
+    assert brand_of(pan) is not None
+    out, n = M.mask(pan.encode())
+    assert n == 1 and out == (pan[:6] + "*" * (len(pan) - 10) + pan[-4:]).encode()
+    assert M.mask(break_luhn(pan).encode()) == (break_luhn(pan).encode(), 0)
+
+
+@pytest.mark.parametrize("pan,brand", [
+    ("4111111111111111", "visa"), ("4222222222222", "visa"), ("5500000000000004", "mastercard"),
+    ("2223003122003222", "mastercard"), ("378282246310005", "amex"),
+    ("6011000000000004", "discover"), ("6221260000000000", "discover"),
+    ("6200000000000005", "unionpay"), ("36227206271667", "diners"), ("3530111333300000", "jcb"),
+    ("2200000000000004", "mir"), ("122000000000003", "uatp"), ("5018000000009", "maestro"),
+])
+def test_brand_of(pan, brand):
+    assert brand_of(pan) == brand
+
+
+@pytest.mark.parametrize("digits", ["1732800000000", "411111111111", "37828224631000",
+                                    "35693803564380", "9999999999999999"])
+def test_brand_rejects_wrong_length_or_prefix(digits):
+    assert brand_of(digits) is None
+
+
+# ---- separators x container formats ---------------------------------------
+CASES = [(b, p, s, f) for b, p in VALID[::7] for s in separator_styles(p)
+         for f in in_formats("x")]
+
+
+@pytest.mark.parametrize("brand,pan,style,fmt", CASES,
+                         ids=[f"{b}{len(p)}-{s}-{f}" for b, p, s, f in CASES])
+def test_separator_styles_in_every_format(brand, pan, style, fmt):
+    value = separator_styles(pan)[style]
+    doc = in_formats(value)[fmt].encode()
+    out, n = M.mask(doc)
+    assert n == 1 and masked_ok(out, pan) and len(out) == len(doc)
+    assert out.replace(b"*", b"0") != doc  # something was replaced
+    # separators stay where they were
+    assert [i for i, c in enumerate(out) if c in b" -"] == [i for i, c in enumerate(doc) if c in b" -"]
+    # Luhn-invalid: the whole number is not a PAN (a shorter group-aligned
+    # window inside it may still legitimately be one).
+    bad = in_formats(separator_styles(break_luhn(pan))[style])[fmt].encode()
+    assert all(p.length < len(pan) for p in find_pans(bad))
+
+
+def test_multiple_pans_and_neighbours():
+    doc = b"a 4111111111111111 5500000000000004,378282246310005;6011000000000004|12 4111 1111 1111 1111"
+    out, n = M.mask(doc)
+    assert (out, n) == (b"a 411111******1111 550000******0004,378282*****0005;"
+                        b"601100******0004|12 4111 11** **** 1111", 5)
+
+
+@pytest.mark.parametrize("name", sorted(FALSE_POSITIVES))
+def test_false_positive_families(name):
+    doc = FALSE_POSITIVES[name].encode()
+    assert M.mask(doc) == (doc, 0)
+    assert not contains_pan(doc) and find_pans(doc) == []
+
+
+def test_imei_is_luhn_valid_but_not_a_pan():
+    assert luhn_ok("356938035643809") and brand_of("356938035643809") is None
+
+
+# ---- modes -----------------------------------------------------------------
+def test_modes():
+    doc = b"pan 4111 1111 1111 1111 end"
+    assert Masker("last4").mask(doc) == (b"pan **** **** **** 1111 end", 1)
+    h1, n = Masker("hmac", hmac_key=KEY).mask(doc)
+    h2, _ = Masker("hmac", hmac_key=KEY).mask(b"pan 4111-1111-1111-1111 end")
+    h3, _ = Masker("hmac", hmac_key=b"z" * 32).mask(doc)
+    assert n == 1 and len(h1) == len(doc) and h1.endswith(b" 1111 end")
+    assert re.fullmatch(rb"pan [a-fA-F]{4} [a-fA-F]{4} [a-fA-F]{4} 1111 end", h1)
+    assert h1.replace(b" ", b"") == h2.replace(b"-", b"").replace(b" ", b"")  # same PAN, same token
+    assert h1 != h3  # keyed
+    assert Masker("hmac", hmac_key=KEY).mask(h1) == (h1, 0)
+    with pytest.raises(ValueError):
+        Masker("hmac")
+    with pytest.raises(ValueError):
+        Masker("sha1")
+
+
+# ---- SAD -------------------------------------------------------------------
+SAD_DOCS = [
+    ('{"cvc": "123"}', '{"cvc": "***"}'),
+    ('{"cvc": 123}', '{"cvc": ***}'),
+    ('{"card": {"CVV2":"4567", "x": 1}}', '{"card": {"CVV2":"****", "x": 1}}'),
+    ("{'securityCode': '999'}", "{'securityCode': '***'}"),
+    ('{"security_code" :\n  "999"}', '{"security_code" :\n  "***"}'),
+    ("number=1&cvc=123&exp=12", "number=1&cvc=***&exp=12"),
+    ("card[cvc]=123&x=1", "card[cvc]=***&x=1"),
+    ("<cvv>123</cvv>", "<cvv>***</cvv>"),
+    ('<ns:cid a="1">1234</ns:cid>', '<ns:cid a="1">****</ns:cid>'),
+    ("CVV: 123\nname: x", "CVV: ***\nname: x"),
+    ("pin=1234", "pin=****"),
+    ('{"pinBlock": "0412AC89ABCDEF12"}', '{"pinBlock": "****************"}'),
+    ('{"pin_block": "0412"}', '{"pin_block": "****"}'),
+    ('{"card_csc": "12"}', '{"card_csc": "**"}'),
+    ('{"track2": "x"}', '{"track2": "*"}'),
+    ('{"track_data": "abc"}', '{"track_data": "***"}'),
+]
+
+
+@pytest.mark.parametrize("doc,want", SAD_DOCS)
+def test_sad_fields(doc, want):
+    out, n = M.mask_text(doc)
+    assert (out, n) == (want, 1)
+    assert M.mask_text(out) == (out, 0)  # idempotent, and not re-counted
+    assert Masker(sad=False).mask_text(doc) == (doc, 0)
+
+
+@pytest.mark.parametrize("doc", [
+    '{"pinned": 123}', '{"spin": 1}', "cidr=10.0.0.0/8", '{"cvc_check": "pass"}',
+    '{"pin_code": "560001"}', '{"shipping": 1}', "<track>12</track>", '{"cvv": null}',
+    '{"type": "cvc", "n": 1}', "</cvv>\n  <x>1</x>",
+])
+def test_sad_no_false_positives(doc):
+    assert M.mask_text(doc) == (doc, 0)
+
+
+TRACKS = [
+    "%B4111111111111111^DOE/JOHN^2512101000000000000000000000000?",
+    ";4111111111111111=25121010000000000000?",
+    "%b5500000000000004^SMITH/J^2601",
+]
+
+
+@pytest.mark.parametrize("track", TRACKS)
+@pytest.mark.parametrize("fmt", ["text", "json_str", "xml", "csv"])
+def test_track_data(track, fmt):
+    doc = in_formats(track, key="data")[fmt]
+    out, n = M.mask_text(doc)
+    inner = track[1:-1] if track.endswith("?") else track[1:]
+    assert n >= 1 and inner not in out and "*" * len(inner) in out and len(out) == len(doc)
+
+
+def test_track2_equivalent_without_sentinels():
+    assert M.mask(b"f35=4111111111111111=25121010000000000000 x") == (b"f35=" + b"*" * 37 + b" x", 1)
+
+
+# ---- URL / percent-encoding ---------------------------------------------------
+@pytest.mark.parametrize("url", [
+    "https://h/p?card=4111111111111111&x=1",
+    "https://h/p?card=4111+1111+1111+1111",
+    "https://h/p?card=4111%201111%201111%201111",
+    "https://h/p?card=4111%2D1111%2d1111%2D1111",
+    "/p?card=%34%31%31%311111111111111111"[:-4],
+    "q=4111111111111111",
+])
+def test_urls(url):
+    out, n = M.mask_url(url)
+    assert n == 1 and url_contains_pan(url) and not url_contains_pan(out)
+    assert len(out) == len(url) and M.mask_url(out) == (out, 0)
+
+
+def test_url_sad_and_non_ascii():
+    assert M.mask_url("/p?card%5Bcvc%5D=123&ü=4111111111111111") == (
+        "/p?card%5Bcvc%5D=***&ü=411111******1111", 2)
+    assert M.mask_url("/p?ts=1732800000000&id=550e8400-e29b-41d4-a716-446655440000")[1] == 0
+    assert not url_contains_pan("/p?x=%2041111111111111112")
+
+
+# ---- API surface ---------------------------------------------------------------------
+def test_find_pans_and_contains():
+    doc = b"x 4111 1111 1111 1111 y 378282246310005"
+    found = find_pans(doc)
+    assert [(p.start, p.end, p.brand, p.masked, p.length) for p in found] == [
+        (2, 21, "visa", "4111 11** **** 1111", 16), (24, 39, "amex", "378282*****0005", 15)]
+    assert all(isinstance(p, PanMatch) and "4111111111111111" not in repr(p) for p in found)
+    assert contains_pan(doc) and contains_pan(doc.decode()) and not contains_pan(b"nothing 1234")
+
+
+def test_mask_text_unicode_and_length():
+    text = "Zahlung €5 mit Karte 4111111111111111 — cvv: 123"
+    out, n = M.mask_text(text)
+    assert n == 2 and out == "Zahlung €5 mit Karte 411111******1111 — cvv: ***"
+
+
+# ---- idempotence / never re-detected ------------------------------------------------------
+@pytest.mark.parametrize("mode", ["bin6last4", "last4", "hmac"])
+def test_idempotent_on_corpus(mode):
+    m = Masker(mode, hmac_key=KEY)
+    doc = "\n".join(r for r, _ in dense_csv_rows(300)).encode() + b"\n" + "\n".join(
+        in_formats(separator_styles(p)[s])[f] for _, p in VALID[::5]
+        for s in ("none", "spaces4", "dashes4") for f in ("text", "json_str", "form")).encode()
+    out, n = m.mask(doc)
+    assert n > 300 and len(out) == len(doc)
+    assert m.mask(out) == (out, 0) and not contains_pan(out)
+
+
+def test_masked_remnants_are_not_pans():
+    # "411111******1111 2222 3333": the remnant after the stars touches "*".
+    for doc in (b"1111 4111 1111 1111 1111 2222 3333", b"5612345678901234 2222 3333 44",
+                b"123412341234567 8222 2333 3"):
+        out, _ = M.mask(doc)
+        assert M.mask(out) == (out, 0)
+
+
+# ---- streaming ---------------------------------------------------------------------------
+STREAM_SAMPLES = [
+    b'{"card": "4111 1111 1111 1111", "cvc": "123", "ts": 1732800000000}',
+    b"%B4111111111111111^DOE/JOHN^2512101000000000?;5500000000000004=2601101?",
+    b"<cvv>123</cvv> 378282246310005 a4111111111111111 0.4111111111111111 " * 3,
+    b"card[cvc]=987&pan=6011-0000-0000-0004&x=" + b"9" * 40,
+]
+
+
+@pytest.mark.parametrize("sample", STREAM_SAMPLES)
+def test_stream_split_at_every_offset(sample):
+    want = M.mask(sample)
+    for cut in range(len(sample) + 1):
+        sm = M.stream()
+        got = sm.feed(sample[:cut]) + sm.feed(sample[cut:]) + sm.flush()
+        assert (got, sm.count) == want, cut
+
+
+@pytest.mark.parametrize("mode", ["bin6last4", "hmac"])
+def test_stream_random_chunking(mode):
+    rng = random.Random(4242)
+    m = Masker(mode, hmac_key=KEY)
+    parts = [r for r, _ in dense_csv_rows(400, rng)]
+    parts += [d for d, _ in SAD_DOCS] + TRACKS + list(FALSE_POSITIVES.values())
+    parts += ["x" * rng.randrange(0, 600) for _ in range(50)] + ["1 " * 200, "7" * 5000]
+    rng.shuffle(parts)
+    data = "\n".join(parts).encode()
+    want = m.mask(data)
+    for trial in range(40):
+        sm, out, k = m.stream(), [], 0
+        while k < len(data):
+            step = rng.choice((1, 2, 7, 63, 255, 256, 257, 1000, 4096, 65536))
+            out.append(sm.feed(data[k:k + step]))
+            k += step
+            assert len(sm._buf) - sm._base <= 512 + 19  # carry stays bounded
+        out.append(sm.flush())
+        assert (b"".join(out), sm.count) == want, trial
+
+
+def test_stream_output_is_prompt():
+    sm = M.stream()
+    assert len(sm.feed(b"a" * 100_000)) >= 100_000 - 512
