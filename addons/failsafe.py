@@ -71,11 +71,29 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
     if flow.request.method == "CONNECT":
         # Clients often show only the status line of a refused CONNECT, so it says why.
         response.reason = f"{response.reason} ({code})"
+    if flow.response is not None and flow.response.timestamp_end is None:
+        # Refused between the upstream's headers and its body: mitmproxy would
+        # still read that body into (or stream it under) our refusal, so it
+        # is streamed through a sink that drops it and sends ours at the end.
+        response.stream = _ReplaceBody(response.raw_content)
     flow.response = response
     m = meta(flow)
     m["refused"] = {"status": status, "code": code, "reason": reason}
     if status >= 500 and code != "policy_unavailable":
         m.setdefault("error", reason)
+
+
+class _ReplaceBody:
+    """A response stream that swallows the upstream body and emits `body` once, at its end."""
+
+    def __init__(self, body: bytes):
+        self.body = body
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if chunk:
+            return b""
+        body, self.body = self.body, b""
+        return body
 
 
 def refused(flow) -> bool:
@@ -103,9 +121,6 @@ def fail_flow(flow, hook: str, exc: BaseException, addon: str) -> None:
         if flow.killable:
             flow.kill()
         return
-    if hook == "responseheaders" and flow.response is not None:
-        # Buffer the body so that `response` can replace it; nothing unchecked goes out.
-        flow.response.stream = False
     if hook != "error":
         refuse(flow, 502, "gateway_error", reason, "internal_error")
     meta(flow)["failed_hook"] = f"{addon}.{hook}"

@@ -32,11 +32,14 @@ def test_hook_exception_refuses_the_flow_and_masks_the_log(caplog):
     assert "4111111111111111" not in caplog.text and "411111******1111" in caplog.text
 
 
-def test_responseheaders_failure_buffers_then_refuses():
+def test_responseheaders_failure_drops_the_upstream_body():
     f = tflow.tflow(resp=True)
-    f.response.stream = True
+    f.response.timestamp_end = None  # headers arrived, body not yet
     Exploding().responseheaders(f)
-    assert f.response.status_code == 502 and f.response.stream is False
+    assert f.response.status_code == 502
+    refusal = f.response.content
+    assert f.response.stream(b"card 4111111111111111") == b""
+    assert f.response.stream(b"") == refusal and b"internal_error" in refusal
 
 
 def test_message_hook_failure_kills_the_flow():
