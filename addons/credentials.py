@@ -13,6 +13,11 @@ import logging
 import os
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import ctx
+
+from .decide import destinations_for
 from .failsafe import Component, meta, refuse, refused
 from .policy import Credential, Policy
 
@@ -27,6 +32,36 @@ class Secret:
 
     def __repr__(self) -> str:  # never let a secret reach a log line by accident
         return f"Secret({self.credential.type}, <redacted>)"
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A destination's mTLS client certificate and key, ready for OpenSSL."""
+
+    credential: Credential
+    cert: x509.Certificate
+    key: object  # a cryptography private key
+
+    def __repr__(self) -> str:
+        return f"ClientCert({self.credential.file}, <key redacted>)"
+
+
+def read_client_cert(cred: Credential) -> ClientCert:
+    """The certificate (the first in its file) and private key of an mtls credential; ValueError says what is wrong."""
+    try:
+        with open(cred.file, "rb") as f:
+            cert = x509.load_pem_x509_certificates(f.read())[0]
+        with open(cred.key_file, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cred.file} / {cred.key_file}: not a PEM certificate and unencrypted key "
+                         f"({type(e).__name__})") from None
+    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ValueError(f"the key in {cred.key_file} does not belong to the certificate in {cred.file}")
+    return ClientCert(cred, cert, key)
 
 
 def read_secret(cred: Credential, environ=os.environ) -> str:
@@ -52,21 +87,25 @@ class Credentials(Component):
     def __init__(self, store):
         self.store = store
         self.secrets: dict[str, Secret] = {}
+        self.client_certs: dict[str, ClientCert] = {}
         self.missing: dict[str, str] = {}  # destination -> why its secret is unavailable
         store.subscribe(self._policy_changed)
 
     def _policy_changed(self, policy: Policy) -> None:
-        secrets, missing = {}, {}
+        secrets, certs, missing = {}, {}, {}
         for dest in policy.destinations.values():
             cred = dest.credential
-            if cred is None or cred.type == "mtls":
+            if cred is None:
                 continue
             try:
-                secrets[dest.name] = Secret(cred, read_secret(cred))
+                if cred.type == "mtls":
+                    certs[dest.name] = read_client_cert(cred)
+                else:
+                    secrets[dest.name] = Secret(cred, read_secret(cred))
             except ValueError as e:
                 missing[dest.name] = str(e)
                 log.error("pangate: no credential for destination %s: %s; its requests are refused", dest.name, e)
-        self.secrets, self.missing = secrets, missing
+        self.secrets, self.client_certs, self.missing = secrets, certs, missing
 
     def request(self, flow):
         if refused(flow):
@@ -78,12 +117,41 @@ class Credentials(Component):
             refuse(flow, 503, "unavailable", f"the credential for {dest} is unavailable to the gateway",
                    "credential_unavailable")
             return
+        if dest in self.client_certs:  # presented in the TLS handshake (tls_start_server)
+            self._strip_client_credentials(flow, self.client_certs[dest].credential)
+            meta(flow)["credential"] = {"destination": dest, "type": "mtls"}
+            return
         secret = self.secrets.get(dest)
         if secret is None:
             return
         self._strip_client_credentials(flow, secret.credential)
         self._inject(flow, secret)
         meta(flow)["credential"] = {"destination": dest, "type": secret.credential.type}
+
+    def tls_start_server(self, tls_start) -> None:
+        """Present the destination's client certificate to an upstream that asks for mTLS.
+
+        Script addons run before mitmproxy's tlsconfig, so the connection is
+        built by tlsconfig itself (its upstream verification unchanged) and
+        the certificate added to this one connection only.
+        """
+        server = tls_start.conn
+        if tls_start.ssl_conn is not None or not server.address or self.store.policy is None:
+            return
+        host, port = server.address[0], server.address[1]
+        names = {d.name for d in destinations_for(self.store.policy, host, port, "https")}
+        certs = {n: c for n, c in self.client_certs.items() if n in names}
+        if not certs:
+            return
+        if len({c.credential for c in certs.values()}) > 1:
+            # Without a certificate the mTLS upstream refuses the handshake: fail closed.
+            log.error("pangate: %s:%s matches destinations with different client certificates (%s); none is sent",
+                      host, port, ", ".join(sorted(certs)))
+            return
+        ctx.master.addons.get("tlsconfig").tls_start_server(tls_start)
+        cert = next(iter(certs.values()))
+        tls_start.ssl_conn.use_certificate(cert.cert)
+        tls_start.ssl_conn.use_privatekey(cert.key)
 
     def _strip_client_credentials(self, flow, cred: Credential) -> None:
         headers = flow.request.headers

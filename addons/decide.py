@@ -6,7 +6,6 @@ same code answers `pangate policy explain` and the data path.
 
 from __future__ import annotations
 
-import fnmatch
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -85,6 +84,14 @@ def decide(policy: Policy, req: Request) -> Decision:
     return Decision(False, "no_rule",
                     f"no rule lets {req.identity} {req.method} {req.path} on {dests[0].name}",
                     destination=dests[0].name)
+
+
+def destinations_for(policy: Policy, host: str, port: int, scheme: str | None = None) -> list[Destination]:
+    """The destinations a host:port (and scheme, when known) belongs to."""
+    host = host.lower().rstrip(".")
+    return [d for d in policy.destinations.values()
+            if port in d.ports and (scheme is None or scheme == d.scheme)
+            and any(host_matches(p, host) for p in d.hosts)]
 
 
 def destination_matches(d: Destination, scheme: str, host: str, port: int) -> bool:
@@ -200,9 +207,11 @@ def address_refusal(host: str, dests: list[Destination], resolved: str | None = 
 
 def _ip(text: str):
     try:
-        return ipaddress.ip_address(text.strip("[]"))
+        addr = ipaddress.ip_address(text.strip("[]").split("%")[0])
     except ValueError:
         return None
+    # ::ffff:169.254.169.254 is the metadata service too: judge the IPv4 inside.
+    return addr.ipv4_mapped if addr.version == 6 and addr.ipv4_mapped else addr
 
 
 def decide_connect(policy: Policy, identity: str, host: str, port: int) -> Decision:
@@ -215,8 +224,7 @@ def decide_connect(policy: Policy, identity: str, host: str, port: int) -> Decis
     if ident is None:
         return Decision(False, "unknown_identity", f"identity {identity!r} is not in the policy")
     host = host.lower().rstrip(".")
-    dests = {d.name: d for d in policy.destinations.values()
-             if port in d.ports and any(host_matches(p, host) for p in d.hosts)}
+    dests = {d.name: d for d in destinations_for(policy, host, port)}
     if not dests:
         return Decision(False, "unknown_destination", f"{host}:{port} is not a destination in the policy")
     problem = address_refusal(host, list(dests.values()))

@@ -45,6 +45,9 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         seen = {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
+        if getattr(self.server, "client_ca", None):  # an mTLS upstream notes whose certificate the client presented
+            subject = dict(x[0] for x in self.connection.getpeercert().get("subject", ()))
+            seen["client_cert"] = subject.get("commonName")
         self.server.received.append(seen)
         route = self.server.routes.get(self.path.split("?")[0])
         if route is not None:
@@ -66,12 +69,16 @@ class Handler(BaseHTTPRequestHandler):
 class DemoUpstream(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, host: str, port: int, cert: str, key: str):
+    def __init__(self, host: str, port: int, cert: str, key: str, client_ca: str | None = None):
         super().__init__((host, port), Handler)
         self.received: list[dict] = []
         self.routes: dict = {}  # path -> fn(handler, seen) -> (status, body, ctype, headers)
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
+        self.client_ca = client_ca
+        if client_ca:  # mTLS: a client without a certificate from client_ca is refused in the handshake
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(client_ca)
         self.socket = ctx.wrap_socket(self.socket, server_side=True)
 
     def start(self) -> "DemoUpstream":

@@ -7,13 +7,19 @@ stored: not in flow metadata, not in records, not in memory past the check.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
+
+from mitmproxy import ctx, exceptions
 
 from . import events
 from .failsafe import Component, meta, refuse, refused
 from .policy import Policy
+from .revocation import file_stamp
+from .schema import parse_duration
 from .tokens import IssuerConfig, Principal, TokenError, Verifier, parse_proxy_authorization
 
 log = logging.getLogger("pangate")
@@ -56,13 +62,49 @@ def identity_for(policy: Policy, principal: Principal) -> str | None:
     return None
 
 
-def verifier_for(policy: Policy) -> Verifier:
+def verifier_inputs(policy: Policy) -> tuple:
+    """What a Verifier is built from: equal inputs, same verifier (and its cached JWKS)."""
     issuers = [IssuerConfig(name=i.name, issuer=i.issuer, audience=list(i.audience), type=i.type,
                             discovery_url=i.discovery_url, jwks_uri=i.jwks_uri, jwks_file=i.jwks_file,
                             public_key_file=i.public_key_file, algorithms=i.algorithms, leeway=i.leeway,
                             ca_file=i.ca_file) for i in policy.issuers.values()]
     static = {i.name: f"sha256:{i.static_key_sha256}" for i in policy.static_key_identities()}
-    return Verifier(issuers, static)
+    # A key file replaced under the same name is a change too.
+    files = tuple((f, file_stamp(f)) for i in issuers for f in (i.jwks_file, i.public_key_file, i.ca_file) if f)
+    return issuers, static, files
+
+
+class Throttle:
+    """Slows down a source that keeps presenting bad tokens: exponential delay, capped.
+
+    Per source IP, failures within WINDOW seconds are counted; after `free`
+    of them every further refusal waits 0.25 s, 0.5 s, 1 s ... up to
+    `max_delay` before it is answered. The wait is an asyncio sleep: only that
+    source's refusal waits, never the event loop.
+    """
+
+    WINDOW = 60.0
+    BASE = 0.25
+    MAX_SOURCES = 10000
+
+    def __init__(self, free: int = 5, max_delay: float = 10.0, clock=time.monotonic):
+        self.free, self.max_delay, self.clock = free, max_delay, clock
+        self._failures: OrderedDict[str, deque] = OrderedDict()
+
+    def failed(self, source: str) -> tuple[int, float]:
+        """Count one failure of source; returns (failures in the window, delay to apply)."""
+        now = self.clock()
+        times = self._failures.pop(source, None) or deque()
+        while times and now - times[0] > self.WINDOW:
+            times.popleft()
+        times.append(now)
+        self._failures[source] = times  # most recent last: the oldest sources are forgotten first
+        while len(self._failures) > self.MAX_SOURCES:
+            self._failures.popitem(last=False)
+        n = len(times)
+        if n <= self.free:
+            return n, 0.0
+        return n, min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
 
 
 class Identity(Component):
@@ -72,18 +114,45 @@ class Identity(Component):
         self.store = store
         self.revocations = revocations  # anything with is_revoked(caller) -> str | None
         self.verifier: Verifier | None = None
+        self._verifier_inputs = None
         self.bound = _BOUND
+        self.throttle = Throttle()
         store.subscribe(self._policy_changed)
+
+    def load(self, loader):
+        loader.add_option("pangate_auth_free_failures", int, 5,
+                          "Bad tokens a source may present per minute before its refusals are slowed down.")
+        loader.add_option("pangate_auth_max_delay", str, "10s",
+                          "Longest delay (e.g. 10s, 500ms) before answering a source that keeps presenting bad tokens.")
+
+    def configure(self, updated):
+        if {"pangate_auth_free_failures", "pangate_auth_max_delay"} & set(updated):
+            free = ctx.options.pangate_auth_free_failures
+            try:
+                delay = parse_duration(ctx.options.pangate_auth_max_delay)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"pangate_auth_max_delay: {e}") from None
+            if free < 0 or not 0 <= delay <= 60:
+                raise exceptions.OptionsError("pangate_auth_free_failures must be >= 0 and "
+                                              "pangate_auth_max_delay between 0 and 60 seconds")
+            self.throttle.free, self.throttle.max_delay = free, delay
 
     def _policy_changed(self, policy: Policy) -> None:
         # Building the verifier loads key files: a bad one refuses the new policy.
-        self.verifier = verifier_for(policy)
+        # Unchanged issuers keep their verifier, so cached JWKS survive a reload.
+        inputs = verifier_inputs(policy)
+        if self.verifier is None or inputs != self._verifier_inputs:
+            self.verifier = Verifier(inputs[0], inputs[1])
+            self._verifier_inputs = inputs
+            for ident in policy.static_key_identities():  # a declared exception stays visible
+                log.warning("pangate RISK: identity %s uses a static key (%s)", ident.name, ident.static_key_reason)
 
     async def _authenticate(self, flow) -> Caller | None:
         header = flow.request.headers.get(PROXY_AUTH)
         # Whatever happens next, the credential goes no further than this hook.
         flow.request.headers.pop(PROXY_AUTH, None)
         if header is None:
+            # Not a failure: clients that wait for the challenge start this way.
             self._refuse(flow, "missing_token", "send a token in Proxy-Authorization "
                          "(HTTPS_PROXY=http://NAME:TOKEN@gateway:8080 or Bearer TOKEN)")
             return None
@@ -91,18 +160,30 @@ class Identity(Component):
             claimed, token = parse_proxy_authorization(header)
             principal = await self.verifier.averify(token)
         except TokenError as e:
-            self._refuse(flow, e.reason, str(e))
+            await self._refuse_bad(flow, e.reason, str(e))
             return None
         policy = self.store.policy
         name = identity_for(policy, principal)
         if name is None:
-            self._refuse(flow, "unknown_identity", f"the token of {principal.subject!r} "
-                         f"(issuer {principal.issuer}) maps to no identity in the policy")
+            await self._refuse_bad(flow, "unknown_identity", f"the token of {principal.subject!r} "
+                                   f"(issuer {principal.issuer}) maps to no identity in the policy")
             return None
         if claimed and claimed != name and not principal.static:
-            self._refuse(flow, "identity_mismatch", f"the user name {claimed!r} is not the token's identity {name!r}")
+            await self._refuse_bad(flow, "identity_mismatch",
+                                   f"the user name {claimed!r} is not the token's identity {name!r}")
             return None
         return Caller(name, principal)
+
+    async def _refuse_bad(self, flow, code: str, reason: str) -> None:
+        """A bad token: refused, and its source slowed down when it keeps trying."""
+        source = (flow.client_conn.peername or ("unknown",))[0]
+        count, delay = self.throttle.failed(source)
+        if delay:
+            if count == self.throttle.free + 1 or count & (count - 1) == 0:  # first, then at powers of two
+                events.emit("auth_throttled", alert=True, source=source, failures=count,
+                            window_seconds=Throttle.WINDOW, delay_seconds=delay)
+            await asyncio.sleep(delay)
+        self._refuse(flow, code, reason)
 
     def _refuse(self, flow, code: str, reason: str) -> None:
         refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})

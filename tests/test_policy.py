@@ -109,6 +109,17 @@ def test_path_patterns():
      "needs the header name"),
     ("version: 1\ndestinations:\n  d: {host: a.example}\nroles:\n  r:\n    allow:\n      - destination: d\n"
      "        methods: [FETCH]\n", 8, "unknown method 'FETCH'"),
+    ("version: 1\ndestinations:\n  d:\n    host: a.example\n    credential: {type: mtls, file: c.pem}\n", 5,
+     "needs file (certificate) and key_file"),
+    ("version: 1\ndestinations:\n  d:\n    host: a.example\n    credential: {type: basic, password: hunter2}\n", 5,
+     "secret written in the policy"),
+    ("version: 1\ndestinations:\n  d:\n    host: a.example\n    addresses: [10.0.0.0/33]\n", 5,
+     "is not an address or network"),
+    ("version: 1\nidentities:\n  a:\n    roles: []\n    token: abc\n", 5, "tokens are never written in the policy"),
+    ("version: 1\nidentities:\n  a:\n    roles: []\n", 4, "proven by an issuer's token or a declared static_key"),
+    ("version: 1\nissuers:\n  i: {type: oidc, issuer: x, jwks_uri: http://idp/jwks}\n", 3, "only fetched over https"),
+    ("version: 1\nissuers:\n  i: {type: oidc, issuer: x, jwks_file: j, algorithms: [HS256]}\n", 3,
+     "asymmetric algorithms only"),
     ("version: 1\nroles: [\n", 3, "YAML syntax"),
     ("version: 1\nroles:\n  a: {}\n  a: {}\n", 4, "duplicate key"),
 ])
