@@ -35,14 +35,13 @@ import argparse
 import base64
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 
-from .auditlog import (FILE_RE, GENESIS, checkpoint_message, file_sort_key, key_id, line_hash,
-                       list_audit_files, load_public_key, verify_file)
+from .auditlog import (GENESIS, checkpoint_message, key_id, line_hash, list_audit_files, load_public_key,
+                       verify_file)
 
 
 @dataclass
@@ -191,13 +190,33 @@ def _check_checkpoint(item: _Line, cp_first: int, first_cp_lenient: bool, pub):
     return None
 
 
+def _recording_files(directory: str) -> list[str]:
+    """Session recordings (and orphaned signatures) under `directory`, oldest first."""
+    names = set()
+    for n in os.listdir(directory):
+        if n.endswith(".mitm"):
+            names.add(n)
+        elif n.endswith(".mitm.sig"):
+            names.add(n[:-4])
+    return [os.path.join(directory, n) for n in sorted(names)]
+
+
 def verify_log(path, public_key=None, progress: Callable[[int, int], None] | None = None, *,
-               live: bool = False, checkpoint_every: int | None = 1000) -> VerifyReport:
+               live: bool = False, checkpoint_every: int | None = 1000,
+               recordings: str | None = None) -> VerifyReport:
     """Verify a directory, one file, or an ordered list of files.
 
     `checkpoint_every` is the unsigned-stretch limit until the first checkpoint;
-    after that each checkpoint's own signed `every` applies. None disables it."""
-    files, recordings = _collect(path)
+    after that each checkpoint's own signed `every` applies. None disables it.
+    `recordings` is a directory of session recordings: each must carry a valid
+    signature (live: except the newest, still being written)."""
+    files, recordings_signed = _collect(path)
+    unsigned_ok = None
+    if recordings:
+        found = _recording_files(recordings)
+        recordings_signed = sorted(set(recordings_signed) | set(found))
+        if live and found and not os.path.exists(found[-1] + ".sig"):
+            unsigned_ok = found[-1]
     rep = VerifyReport(files=files)
     pub = load_public_key(public_key) if public_key is not None else None
     rep.signatures_checked = pub is not None
@@ -272,37 +291,24 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
                                                "running/crashed: use live mode)")
         rep.notes.append(f"{since_cp} records after the last checkpoint are not signed yet (live)")
 
-    for rpath in recordings:
+    for rpath in recordings_signed:
+        if rpath == unsigned_ok:
+            rep.notes.append(f"recording {os.path.basename(rpath)} is still being written (live): not signed yet")
+            continue
         ok, reason = verify_file(rpath, pub) if pub is not None else (None, "not checked (no public key)")
         rep.recordings.append((rpath, ok, reason))
         if ok is False and rep.ok:
             rep.ok, rep.error, rep.where = False, f"recording {rpath}: {reason}", rpath
             rep.kind = "edited" if "content" in reason else (
+                "missing_signature" if "missing .sig" in reason else
                 "deleted" if "missing" in reason else "bad_signature")
     return rep
 
 
 def main_verify(argv: list[str] | None = None) -> int:
-    """`pangate audit-verify`-style entry: 0 ok, 1 verification failed, 2 usage/IO error."""
+    """Standalone entry with the arguments of `pangate audit verify`: 0 ok, 1 broken, 2 unreadable."""
+    from .cmd_audit import add_verify_arguments, verify_cmd  # the CLI owns argument handling
+
     ap = argparse.ArgumentParser(prog="pangate-audit-verify", description=__doc__.splitlines()[0])
-    ap.add_argument("path", nargs="+", help="audit dir, or audit files in chain order")
-    ap.add_argument("--pubkey", help="Ed25519 public key (PEM) used to sign checkpoints")
-    ap.add_argument("--live", action="store_true", help="accept an unsigned tail (writer running)")
-    ap.add_argument("--progress", action="store_true", help="draw a progress bar on stderr")
-    a = ap.parse_args(argv)
-
-    def bar(done, total):
-        if total and (done == total or done % (1 << 22) < 300):
-            sys.stderr.write(f"\r[{'#' * (40 * done // total):<40}] {100 * done // total:3d}%")
-            if done == total:
-                sys.stderr.write("\n")
-
-    target = a.path[0] if len(a.path) == 1 else sorted(a.path, key=file_sort_key) \
-        if all(FILE_RE.match(os.path.basename(p)) for p in a.path) else a.path
-    try:
-        rep = verify_log(target, a.pubkey, bar if a.progress else None, live=a.live)
-    except OSError as e:
-        print(f"cannot read audit log: {e}", file=sys.stderr)
-        return 2
-    print(rep.summary())
-    return 0 if rep.ok else 1
+    add_verify_arguments(ap)
+    return verify_cmd(ap.parse_args(argv))

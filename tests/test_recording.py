@@ -1,0 +1,103 @@
+"""Session recordings: the scrubbed copy, file rotation and signatures (no gateway needed)."""
+
+from __future__ import annotations
+
+import gzip
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mitmproxy.io import FlowReader
+from mitmproxy.test import tflow
+from mitmproxy.websocket import WebSocketMessage
+
+from pangate.auditkeys import verify_file
+from pangate.auditverify import verify_log
+from pangate.pan import find_pans
+from pangate.recording import WITHHELD, RecordingFiles, Scrubber
+
+PAN = "4111111111111111"
+SECRET = "sk_live_injected_0123456789"
+
+
+def _flow():
+    f = tflow.tflow(resp=True, ws=True)
+    f.request.path = f"/pay?card={PAN}&access_token=tok123&key2=v"
+    f.request.headers["Authorization"] = f"Bearer {SECRET}"
+    f.request.headers["Proxy-Authorization"] = "Basic cmVhZGVyOnRvaw=="
+    f.request.headers["Cookie"] = "sid=abc"
+    f.request.headers["X-Backend-Key"] = SECRET
+    f.request.headers["X-Note"] = f"card {PAN}"
+    f.request.content = f'{{"number": "{PAN}", "echo": "{SECRET}"}}'.encode()
+    f.response.headers["Set-Cookie"] = "sid=abc"
+    f.response.headers["Content-Encoding"] = "gzip"
+    f.response.raw_content = gzip.compress(f'{{"pan": "{PAN}"}}'.encode())
+    f.websocket.messages.append(WebSocketMessage(1, True, f"card {PAN}".encode()))
+    f.metadata["pangate"] = {"request_id": "r1"}
+    f.metadata["someone-else"] = {"raw": PAN}
+    return f
+
+
+def test_scrubbed_copy_keeps_nothing_sensitive():
+    original = _flow()
+    s = Scrubber(secrets=[SECRET], header_names=["X-Backend-Key"])
+    f = s.flow(original)
+    req, resp = f.request, f.response
+    for h in ("Authorization", "Proxy-Authorization", "Cookie", "X-Backend-Key"):
+        assert h not in req.headers
+    assert "Set-Cookie" not in resp.headers
+    assert req.query["access_token"] == "[redacted]" and req.query["key2"] == "v"
+    assert PAN not in req.path and PAN[-4:] in req.path
+    assert PAN not in req.headers["X-Note"]
+    assert PAN not in req.get_text() and SECRET not in req.get_text() and "[secret]" in req.get_text()
+    assert PAN not in resp.get_text() and resp.headers["Content-Encoding"] == "gzip"
+    assert PAN.encode() not in f.websocket.messages[-1].content
+    assert f.metadata == {"pangate": {"request_id": "r1"}}
+    state = repr(f.get_state()).encode()
+    assert not find_pans(state) and SECRET.encode() not in state
+    assert PAN in original.request.get_text()  # the live flow is untouched
+
+
+def test_undecodable_body_is_withheld():
+    f = tflow.tflow(resp=True)
+    f.response.headers["Content-Encoding"] = "gzip"
+    f.response.raw_content = b"not gzip " + PAN.encode()
+    out = Scrubber().flow(f)
+    assert out.response.raw_content == WITHHELD
+
+
+def test_files_rotate_and_are_signed(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    files = RecordingFiles(str(tmp_path), key, rotate_bytes=1, rotate_seconds=3600)
+    flows = [Scrubber().flow(_flow()) for _ in range(3)]
+    for f in flows:
+        files.put(f)
+    files.close()
+    recs = sorted(tmp_path.glob("*.mitm"))
+    assert len(recs) == 3  # one flow each: every write passes the 1-byte limit
+    for r in recs:
+        assert verify_file(str(r), key.public_key()) == (True, "ok")
+        with open(r, "rb") as fh:
+            (read,) = list(FlowReader(fh).stream())
+        assert read.metadata["pangate"]["request_id"] == "r1"
+    with open(recs[0], "ab") as fh:
+        fh.write(b"x")
+    assert verify_file(str(recs[0]), key.public_key())[0] is False
+
+
+def test_leftover_file_is_sealed_on_start(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "flows-20260101-000000-001.mitm").write_bytes(b"")
+    RecordingFiles(str(tmp_path), key, 1 << 20, 3600).close()
+    assert verify_file(str(tmp_path / "flows-20260101-000000-001.mitm"), key.public_key())[0]
+
+
+def test_verify_live_accepts_only_the_newest_unsigned(tmp_path):
+    key = Ed25519PrivateKey.generate()
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "flows-1.mitm").write_bytes(b"a")
+    (rec / "flows-2.mitm").write_bytes(b"b")
+    from pangate.auditlog import AuditWriter
+    audit = tmp_path / "audit"
+    AuditWriter(str(audit), key).close()
+    rep = verify_log(str(audit), key.public_key(), live=True, recordings=str(rec))
+    assert not rep.ok and rep.kind == "missing_signature" and "flows-1" in rep.where
