@@ -48,7 +48,7 @@ from .issuers import LENGTHS_BY_PREFIX2 as _LEN2, lookup as _lookup
 
 __all__ = [
     "Masker", "StreamMasker", "PanMatch", "find_pans", "contains_pan",
-    "url_contains_pan", "luhn_ok", "brand_of", "MODES",
+    "url_contains_pan", "url_view", "luhn_ok", "brand_of", "MODES",
 ]
 
 MODES = ("bin6last4", "last4", "hmac")
@@ -94,6 +94,7 @@ _PRE = bytes(48 if (48 <= b <= 57 or b in b" -") else _SIG[b] if chr(b).isalpha(
 _FIRST6 = re.compile(rb"(?:[ -]*[0-9]){6}").match  # end = just after the 6th digit
 _LAST4 = re.compile(rb"(?:[ -]*[0-9]){4}").match   # on the reversed window
 _RUN_END = re.compile(rb"[^0]").search
+_DIGITS = re.compile(rb"[0-9]*").match
 _ANCHOR_SIGS = tuple(
     (sig, frozenset(a for a in _ANCHORS if a.translate(_SIG) == sig))
     for sig in sorted({a.translate(_SIG) for a in _ANCHORS}))
@@ -157,6 +158,16 @@ def _bounded(buf: bytes, s: int, e: int, ndig: int) -> bool:
         if k in (2, 3) and e + 1 < len(buf) and buf[e + 1] in (_GLUE if k == 2 else _HEXGLUE):
             return False
     return True
+
+
+def _may_start_pan(seg: bytes, lens2) -> bool:
+    """Cheap reject of a separated run (UUID tails, phone numbers, dates): a
+    window starts at a group, so some group of >= 2 digits must begin with an
+    issued two-digit prefix. Groups of one digit are left to the full check."""
+    for g in seg.replace(b"-", b" ").split(b" "):
+        if len(g) < 2 or lens2(g[:2], 0):
+            return True
+    return False
 
 
 def _key_is_sad(key: bytes) -> bool:
@@ -226,8 +237,8 @@ class Masker:
                 parts.append("%%%02X" % out[k])
         return "".join(parts), n
 
-    def stream(self) -> "StreamMasker":
-        return StreamMasker(self)
+    def stream(self, on_pan=None) -> "StreamMasker":
+        return StreamMasker(self, on_pan)
 
     # ---- engine -----------------------------------------------------
     def _scan(self, buf: bytes, base: int, stop: int) -> list[tuple]:
@@ -259,7 +270,7 @@ class Masker:
             if not seg.isdigit():
                 st = seg.strip(b" -")
                 if not st.isdigit():
-                    if len(st) - st.count(b" ") - st.count(b"-") >= 12:
+                    if len(st) - st.count(b" ") - st.count(b"-") >= 12 and _may_start_pan(st, lens2):
                         self._sep_region(buf, i + seg.index(st[:1]), st, base, stop, finds)
                     continue
                 i += seg.index(st[:1])
@@ -325,7 +336,7 @@ class Masker:
             if self.sad and e < len(buf) and buf[e] == 61:  # "=": track-2 equivalent
                 m = _TRACK2_EQ.match(buf, e)
                 if m:
-                    finds.append((s, m.end(), s, m.end(), "z", None))
+                    finds.append((s, m.end(), s, m.end(), "z", (brand + " track2", None)))
                     return
             last4 = e - 4
             first = s + 6 if self.mode == "bin6last4" else s
@@ -346,7 +357,8 @@ class Masker:
         if not m or not (base <= m.start() < stop):
             return None
         ms, me = m.start() + 1, m.end() - (buf[m.end() - 1] == 63)
-        return (m.start(), m.end(), ms, me, "z", None)
+        brand = _lookup(_DIGITS(buf, s).group())
+        return (m.start(), m.end(), ms, me, "z", ((brand or "card") + (" track2" if c == 59 else " track1"), None))
 
     def _scan_sad(self, buf, u, base, stop, finds):
         seen = set()
@@ -407,20 +419,11 @@ class Masker:
         if not finds:
             return (buf if base == 0 and c == len(buf) else buf[base:c]), 0
         out = bytearray(buf[base:c])
-        count = 0
-        zspans = []
-        for s, e, ms, me, kind, info in finds:
-            if kind == "z":
-                if buf[ms:me].strip(b"*"):
-                    count += 1
-                zspans.append((s, e))
-        last_end = -1
+        count = sum(1 for f in finds if f[4] == "z" and buf[f[2]:f[3]].strip(b"*"))
+        count += len(_counted(finds))
         for s, e, ms, me, kind, info in finds:
             if kind != "p":
                 continue
-            if s >= last_end and not any(zs <= s and e <= ze for zs, ze in zspans):
-                count += 1
-                last_end = e
             if self.mode == "hmac":
                 out[ms - base:me - base] = self._token(buf[ms:me], info[1])
             elif ms == s + 6 and me - ms == len(info[1]) - 10:  # no separators
@@ -446,6 +449,19 @@ class Masker:
 _TOKEN_ALPHABET = b"abcdefABCDEF"
 
 
+def _counted(finds) -> list[tuple]:
+    """The PAN findings that count as one card each: overlapping windows of
+    one digit run count once, and a PAN inside track data counts as the track."""
+    zspans = [(f[0], f[1]) for f in finds if f[4] == "z"]
+    out, last_end = [], -1
+    for f in finds:
+        s, e = f[0], f[1]
+        if f[4] == "p" and s >= last_end and not any(zs <= s and e <= ze for zs, ze in zspans):
+            out.append(f)
+            last_end = e
+    return out
+
+
 class StreamMasker:
     """Chunked masking whose concatenated output equals Masker.mask(whole).
 
@@ -458,11 +474,14 @@ class StreamMasker:
     than _MAX_PENDING is cut anyway, the only case where equality can break.
     """
 
-    def __init__(self, masker: Masker):
+    def __init__(self, masker: Masker, on_pan=None):
         self._m = masker
         self._buf = b""
         self._base = 0
         self.count = 0
+        # on_pan(out, start, end, brand): called for each counted PAN with the
+        # output chunk about to be returned and the PAN's span in it (masked).
+        self._on_pan = on_pan
 
     def feed(self, chunk: bytes) -> bytes:
         if not chunk:
@@ -483,8 +502,10 @@ class StreamMasker:
                 self._buf = buf
                 return b""
             c = limit
-        out, n = self._m._apply(buf, base, c, [f for f in finds if f[0] < c])
+        finds = [f for f in finds if f[0] < c]
+        out, n = self._m._apply(buf, base, c, finds)
         self.count += n
+        self._report(out, base, finds)
         keep = max(0, c - _CTX)
         self._buf, self._base = buf[keep:], c - keep
         return out
@@ -494,8 +515,15 @@ class StreamMasker:
         finds = self._m._scan(buf, base, len(buf))
         out, n = self._m._apply(buf, base, len(buf), finds)
         self.count += n
+        self._report(out, base, finds)
         self._buf, self._base = b"", 0
         return out
+
+    def _report(self, out: bytes, base: int, finds) -> None:
+        if self._on_pan is not None and finds:
+            # PANs, and track data (a "z" span that names its card brand)
+            for f in sorted(_counted(finds) + [f for f in finds if f[4] == "z" and f[5]]):
+                self._on_pan(out, f[0] - base, f[1] - base, f[5][0])
 
 
 def _xml_ns_open(buf: bytes, colon: int) -> bool:
@@ -552,3 +580,8 @@ def contains_pan(data: bytes) -> bool:
 
 def url_contains_pan(url: str) -> bool:
     return contains_pan(_url_view(url))
+
+
+def url_view(url: str) -> bytes:
+    """A URL or form body as a server decodes it (%xx, `+`), one byte per original token."""
+    return _url_view(url)

@@ -116,3 +116,59 @@ def dense_csv_rows(n: int, rng: random.Random | None = None) -> list[tuple[str, 
         pan = rng.choice(pans)
         rows.append((f"{k},Jane Doe,{pan},12/27,{rng.randrange(10000) / 100}", pan))
     return rows
+
+
+# ---- carriers: one document per content type, for end-to-end and CLI tests ----------------
+def corpus_pans() -> list[str]:
+    """Every brand and length, one PAN each (the IIN table's first prefix)."""
+    seen, out = set(), []
+    for brand, pan in valid_pans(random.Random(3)):
+        if (brand, len(pan)) not in seen:
+            seen.add((brand, len(pan)))
+            out.append(pan)
+    return out
+
+
+def styled(pans: list[str]) -> list[str]:
+    """Each PAN written in a rotating separator style (all styles appear)."""
+    out = []
+    for k, pan in enumerate(pans):
+        styles = list(separator_styles(pan).values())
+        out.append(styles[k % len(styles)])
+    return out
+
+
+def carrier_docs() -> dict[str, tuple[str, bytes]]:
+    """name -> (content type, body) with every brand/length/style, plus the false-positive families."""
+    pans = corpus_pans()
+    written = styled(pans)
+    harmless = list(FALSE_POSITIVES.values())
+    text = "\n".join(f"line {k}: card {w} ok" for k, w in enumerate(written)) + "\n" + "\n".join(harmless)
+    rows = "\n".join(f"{k},Jane,{w},12/27" for k, w in enumerate(written))
+    json_doc = ("{\"cards\": [" + ", ".join(f'{{"n": "{w}", "raw": {p}}}' for w, p in zip(written, pans))
+                + "], \"harmless\": [" + ", ".join('"%s"' % h.replace('"', "'") for h in harmless) + "]}")
+    html = "<table>" + "".join(f"<tr><td>{w}</td></tr>" for w in written) + "</table><p>" + \
+        " ".join(harmless).replace("<", "&lt;") + "</p>"
+    xml = "<cards>" + "".join(f"<card><pan>{w}</pan></card>" for w in written) + "</cards>"
+    form = "&".join(f"c{k}={w.replace(' ', '+')}" for k, w in enumerate(written)) + \
+        "&p=" + "%20".join(["4111", "1111", "1111", "1111"]) + "&ts=1732800000000"
+    boundary = "pgbnd7812"
+    multipart = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"c{k}\"\r\n\r\n{w}\r\n"
+                        for k, w in enumerate(written)) + f"--{boundary}--\r\n"
+    return {
+        "text": ("text/plain; charset=utf-8", text.encode()),
+        "json": ("application/json", json_doc.encode()),
+        "html": ("text/html", html.encode()),
+        "xml": ("application/xml", xml.encode()),
+        "csv": ("text/csv", rows.encode()),
+        "form": ("application/x-www-form-urlencoded", form.encode()),
+        "multipart": (f"multipart/form-data; boundary={boundary}", multipart.encode()),
+    }
+
+
+def raw_pans_in(data: bytes | str, pans: list[str] | None = None) -> list[str]:
+    """Which of the corpus PANs appear raw (digits only, separators removed)."""
+    if isinstance(data, bytes):
+        data = data.decode("latin-1")
+    flat = data.replace(" ", "").replace("-", "").replace("+", "").replace("%20", "")
+    return [p for p in (pans or corpus_pans()) if p in flat]

@@ -272,3 +272,76 @@ def test_stream_random_chunking(mode):
 def test_stream_output_is_prompt():
     sm = M.stream()
     assert len(sm.feed(b"a" * 100_000)) >= 100_000 - 512
+
+
+# ---- outbound DLP and reveal decisions (pangate.dlp, pure) ---------------------------------------
+def test_outbound_pan_where():
+    from pangate.dlp import outbound_pan
+
+    assert outbound_pan("https://x/pay?card=4111%201111%201111%201111", []) == "url"
+    assert outbound_pan("https://x/pay?card=4111+1111+1111+1111", []) == "url"
+    assert outbound_pan("https://x/p", [("X-Card", "5500-0000-0000-0004")]) == "header X-Card"
+    assert outbound_pan("https://x/p", [("Proxy-Authorization", "4111111111111111")]) is None
+    assert outbound_pan("https://x/p", [], b'{"n": 378282246310005}') == "body"
+    assert outbound_pan("https://x/p", [], b"c=4111+1111+1111+1111", "application/x-www-form-urlencoded") == "body"
+    harmless = " ".join(FALSE_POSITIVES.values()).encode()
+    assert outbound_pan("https://x/p?ts=1732800000000", [("X-Ts", "1732800000000")], harmless) is None
+
+
+def test_reveal_and_card_destination_decisions():
+    from pangate.dlp import is_card_destination, reveal_for
+    from pangate.policy import parse_policy
+
+    p = parse_policy("""
+version: 1
+identities:
+  a: {roles: [r], static_key: {sha256: "sha256:%s", reason: "test fixture only"}}
+  b: {roles: [r], static_key: {sha256: "sha256:%s", reason: "test fixture only"}}
+roles:
+  r: {allow: [{destination: cards, methods: [GET], paths: ["/**"]}]}
+destinations:
+  cards: {host: cards.example, card_data: true}
+  other: {host: other.example}
+reveal:
+  - {identity: a, destination: cards, justification: disputes need the full number}
+""" % ("0" * 64, "1" * 64))
+    assert reveal_for(p, "a", "cards").justification == "disputes need the full number"
+    assert reveal_for(p, "a", "other") is None and reveal_for(p, "b", "cards") is None
+    assert reveal_for(None, "a", "cards") is None and reveal_for(p, None, "cards") is None
+    assert is_card_destination(p, "cards") and not is_card_destination(p, "other")
+    assert not is_card_destination(p, None) and not is_card_destination(p, "nope")
+
+
+# ---- the gateway's stream callable (pangate.masking.BodyStream), without a proxy ------------------
+@pytest.mark.parametrize("enc", ["identity", "gzip", "deflate", "br", "zstd"])
+@pytest.mark.parametrize("events", [False, True])
+def test_body_stream_equals_whole_body_masking(enc, events):
+    import gzip
+    import types
+    import zlib
+
+    import brotli
+    from backports import zstd
+
+    from pangate.masking import BodyStream, stream_decoder
+
+    rng = random.Random(hash((enc, events)) & 0xFFFF)
+    secret = b"sk_live_0123456789abcdef"
+    parts = [r for r, _ in dense_csv_rows(60, rng)] + list(FALSE_POSITIVES.values())
+    parts += ["data: card 4111 1111 1111 1111\n", "auth " + secret.decode(), '{"cvc": "123"}']
+    rng.shuffle(parts)
+    body = "\n\n".join(parts).encode()
+    data = {"identity": lambda b: b, "gzip": gzip.compress, "deflate": zlib.compress,
+            "br": brotli.compress, "zstd": zstd.compress}[enc](body)
+    want = M.mask(body.replace(secret, b"*" * len(secret)))[0]
+    for trial in range(5):
+        flow = types.SimpleNamespace(metadata={})
+        bs = BodyStream(flow, M, stream_decoder(enc), events=events, redact=(secret,))
+        out, k = [], 0
+        while k < len(data):
+            step = rng.choice((1, 5, 17, 64, 333, 4096))
+            out += bs(data[k:k + step])
+            k += step
+        out += bs(b"")
+        assert not bs.failed and b"".join(out) == want, trial
+        assert flow.metadata["pangate"]["pans_masked"] == M.mask(body)[1]
