@@ -17,11 +17,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from mitmproxy import ctx
 
+from . import veil
 from .decide import destinations_for
 from .failsafe import Component, meta, refuse, refused
 from .policy import Credential, Policy
 
 log = logging.getLogger("pangate")
+INJECTED = "[injected by pangate]"
 CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Api-Key", "Api-Key")
 
 
@@ -106,6 +108,25 @@ class Credentials(Component):
                 missing[dest.name] = str(e)
                 log.error("pangate: no credential for destination %s: %s; its requests are refused", dest.name, e)
         self.secrets, self.client_certs, self.missing = secrets, certs, missing
+
+    def running(self):
+        veil.on_sent(self.scrub_sent)
+
+    def done(self):
+        veil.off_sent(self.scrub_sent)
+
+    def scrub_sent(self, flow) -> None:
+        """Once the request has left, the flow (and so mitmweb) keeps only a placeholder."""
+        cred = meta(flow).get("credential")
+        secret = self.secrets.get(cred["destination"]) if cred else None
+        if secret is None:
+            return
+        c = secret.credential
+        if c.type == "query":
+            if c.name in flow.request.query:
+                flow.request.query[c.name] = INJECTED
+        elif (c.name or "Authorization") in flow.request.headers:
+            flow.request.headers[c.name or "Authorization"] = INJECTED
 
     def request(self, flow):
         if refused(flow):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from . import failsafe
+from . import failsafe, veil
 from .failsafe import Component, meta, refuse, refused, request_id
 
 log = logging.getLogger("pangate")
@@ -60,4 +60,5 @@ class Guard(Component):
 def chain(*components) -> list:
     """The addon list for the gateway script: Guard first, then the controls in order."""
     failsafe.install_sentinel()
+    veil.install_veil()
     return [Guard(list(components)), *components]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from mitmproxy import ctx, exceptions
 
-from . import events
+from . import events, veil
 from .failsafe import Component, meta, refuse, refused
 from .policy import Policy
 from .revocation import file_stamp
@@ -148,7 +148,7 @@ class Identity(Component):
                 log.warning("pangate RISK: identity %s uses a static key (%s)", ident.name, ident.static_key_reason)
 
     async def _authenticate(self, flow) -> Caller | None:
-        header = flow.request.headers.get(PROXY_AUTH)
+        header = veil.take_proxy_authorization(flow)
         # Whatever happens next, the credential goes no further than this hook.
         flow.request.headers.pop(PROXY_AUTH, None)
         if header is None:
@@ -230,6 +230,7 @@ class Identity(Component):
             if caller is None:
                 return
         else:
+            veil.take_proxy_authorization(flow)
             flow.request.headers.pop(PROXY_AUTH, None)
         if self._still_valid(flow, caller):
             self._bind(flow, caller)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -69,6 +71,13 @@ class LogWatcher:
             return "\n".join(self.lines)
 
 
+def free_port() -> int:
+    """A loopback port free right now (for servers that cannot report the port they bound)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Gateway:
     """mitmdump/mitmweb with addons/gateway.py, on a free loopback port."""
 
@@ -93,9 +102,11 @@ class Gateway:
         if arm:
             args += ["--set", f"block_list={ARM_BLOCK}"]
         if tool == "mitmweb":
-            args += ["--web-host", "127.0.0.1", "--web-port", "0", "--set", "web_open_browser=false"]
+            # mitmweb 12 prints the configured web port, so "0" would be printed as 0: pick one.
+            args += ["--web-host", "127.0.0.1", "--web-port", str(free_port()), "--set", "web_open_browser=false"]
         for k, v in (options or {}).items():
-            args += ["--set", f"{k}={v}"]
+            for item in (v if isinstance(v, (list, tuple)) else [v]):  # a list sets a sequence option
+                args += ["--set", f"{k}={item}"]
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, cwd=workdir, env=full_env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, start_new_session=True)
@@ -166,3 +177,26 @@ class Gateway:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
+
+
+class WebAPI:
+    """mitmweb's HTTP API as its UI uses it: token login, then the XSRF cookie echoed in a header."""
+
+    def __init__(self, gw):
+        self.base = gw.web_url
+        self.s = requests.Session()
+        self.s.trust_env = False
+        self.s.get(self.base + "/", params={"token": gw.web_token}).raise_for_status()
+        # Double-submit XSRF, as the UI does: the same value as cookie and X-XSRFToken header.
+        self.xsrf = secrets.token_hex(16)
+        self.s.cookies.set("_mitmproxy_xsrf", self.xsrf)
+
+    def get(self, path: str) -> requests.Response:
+        r = self.s.get(self.base + path)
+        r.raise_for_status()
+        return r
+
+    def call(self, method: str, path: str, **kw) -> requests.Response:
+        r = self.s.request(method, self.base + path, headers={"X-XSRFToken": self.xsrf}, **kw)
+        r.raise_for_status()
+        return r

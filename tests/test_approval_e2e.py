@@ -20,7 +20,7 @@ from pangate.pan import find_pans
 from pangate.tokens import keygen
 
 from conftest import UPSTREAM_SECRET, policy_text
-from harness import VENV_BIN
+from harness import VENV_BIN, WebAPI
 
 PAN = TEST_PANS[0]
 APPROVALS = """
@@ -123,29 +123,6 @@ def web(start_gateway, token_key, upstream, keys, receiver):
 @pytest.fixture(scope="module")
 def dump(start_gateway, token_key, upstream, keys, receiver):
     return _start(start_gateway, token_key, upstream, keys, receiver, "mitmdump")
-
-
-class WebAPI:
-    """mitmweb's HTTP API as its UI uses it: token login, then the XSRF cookie echoed in a header."""
-
-    def __init__(self, gw):
-        self.base = gw.web_url
-        self.s = requests.Session()
-        self.s.trust_env = False
-        self.s.get(self.base + "/", params={"token": gw.web_token}).raise_for_status()
-        # Double-submit XSRF, as the UI does: the same value as cookie and X-XSRFToken header.
-        self.xsrf = secrets.token_hex(16)
-        self.s.cookies.set("_mitmproxy_xsrf", self.xsrf)
-
-    def get(self, path: str) -> requests.Response:
-        r = self.s.get(self.base + path)
-        r.raise_for_status()
-        return r
-
-    def call(self, method: str, path: str, **kw) -> requests.Response:
-        r = self.s.request(method, self.base + path, headers={"X-XSRFToken": self.xsrf}, **kw)
-        r.raise_for_status()
-        return r
 
 
 def _url(upstream, path):

@@ -25,7 +25,7 @@ from pangate.demo_upstream import DemoUpstream, Handler
 from pangate.pki import make_ca, make_leaf
 
 from conftest import json_body, raw_connect
-from harness import VENV_BIN
+from harness import VENV_BIN, WebAPI
 from jwks_issuer import JwksIssuer
 
 API_KEY = "ak_e2e_" + secrets.token_hex(12)
@@ -596,3 +596,19 @@ def test_unreadable_revocation_list_fails_closed(aux, upstream, mint):
         os.remove(rev_option)
         aux.log.wait_for(r"revocation list loaded", start=mark, timeout=5)
     assert s.get(url(upstream)).status_code == 200
+
+
+def test_mitmweb_never_shows_the_token_or_the_injected_credential(start_gateway, policy_text, plain, upstream, mint):
+    """mitmweb's view runs before script addons: the Veil keeps both secrets from it."""
+    web = start_gateway(policy=policy_text, tool="mitmweb", env={"E2E_API_KEY": API_KEY})
+    token = mint("pg-reader")
+    s = web.session("pg-reader", token)
+    assert s.get(f"http://localhost:{plain.port}/echo", headers={"X-Mark": "web-plain"}).status_code == 200
+    r = s.get(url(upstream, "/echo"), headers={"X-Mark": "web-tls"})
+    assert r.status_code == 200
+    assert any(x["headers"].get("X-Api-Key") == API_KEY for x in upstream.received)  # it was injected
+    web.records_for(r.headers["X-Pangate-Request-Id"])  # the flow is complete
+    flows = WebAPI(web).get("/flows").text
+    assert "web-plain" in flows and "web-tls" in flows
+    assert token not in flows and API_KEY not in flows
+    assert "[injected by pangate]" in flows
