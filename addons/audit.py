@@ -200,6 +200,10 @@ class Audit(Component):
         if flow.response is not None and flow.response.status_code >= 300:
             self._finish(flow)
 
+    def http_connect_error(self, flow):
+        # A tunnel refused after the CONNECT hook (e.g. at the resolved-address check).
+        self._finish(flow)
+
     async def response(self, flow):
         if flow.websocket is not None and flow.response.status_code == 101:
             return  # recorded at websocket_end, with the whole conversation

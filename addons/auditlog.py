@@ -636,18 +636,18 @@ class AuditWriter:
             if first:
                 self._failed_since = self._clock()
         if first:
-            log.error("audit log writing failed: %s", reason)
             self._notify_state(False, reason)
+            log.error("audit log writing failed: %s", reason)
 
     def _recovered(self) -> None:
         with self._lock:
             reason, self._failure = self._failure, None
             since = self._failed_since
-        log.warning("audit log writing recovered after: %s", reason)
         # The outage itself is audit-worthy (10.7.2): when, why, how long.
         self._append_internal({"event": "audit_recovered", "failure": reason,
                                "failed_since": utc_iso(since), "outage_s": round(self._clock() - since, 3)})
         self._notify_state(True, f"recovered from: {reason}")
+        log.warning("audit log writing recovered after: %s", reason)  # after the state: tests wait on it
 
     def _notify_state(self, healthy: bool, reason: str) -> None:
         if self._on_state_change is not None:

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("pangate")
 _subscribers: list[Callable[[dict], None]] = []
+# Events raised while nobody listens (at start, during a reload, before the
+# audit trail is open) wait here for the first subscriber instead of vanishing.
+_unheard: deque = deque(maxlen=1000)
 
 
 def subscribe(fn: Callable[[dict], None]) -> None:
     if fn not in _subscribers:
         _subscribers.append(fn)
+        while _unheard:
+            _deliver(fn, _unheard.popleft())
 
 
 def unsubscribe(fn: Callable[[dict], None]) -> None:
@@ -30,9 +36,15 @@ def emit(event: str, alert: bool = False, **fields) -> dict:
     record = {"event": event, "alert": alert, "at": time.time(), **fields}
     if alert:
         log.warning("pangate ALERT %s: %s", event, {k: v for k, v in fields.items()})
+    if not _subscribers:
+        _unheard.append(record)
     for fn in list(_subscribers):
-        try:
-            fn(record)
-        except Exception:  # one broken sink must not silence the others
-            log.exception("pangate event subscriber failed")
+        _deliver(fn, record)
     return record
+
+
+def _deliver(fn: Callable[[dict], None], record: dict) -> None:
+    try:
+        fn(record)
+    except Exception:  # one broken sink must not silence the others
+        log.exception("pangate event subscriber failed")

@@ -36,7 +36,7 @@ REQUEST_HOOKS = {"http_connect", "requestheaders", "request"}
 RESPONSE_HOOKS = {"responseheaders", "response"}
 MESSAGE_HOOKS = {"websocket_start", "websocket_message", "tcp_start", "tcp_message", "udp_start",
                  "udp_message", "dns_request"}
-FLOW_HOOKS = REQUEST_HOOKS | RESPONSE_HOOKS | MESSAGE_HOOKS | {"error", "websocket_end"}
+FLOW_HOOKS = REQUEST_HOOKS | RESPONSE_HOOKS | MESSAGE_HOOKS | {"error", "websocket_end", "http_connect_error"}
 
 
 class _State:
