@@ -7,7 +7,8 @@ import importlib
 import sys
 
 # Each module registers its own subcommands with `register(subparsers)`.
-COMMAND_MODULES = ("pangate.cmd_policy", "pangate.cmd_token", "pangate.demo_upstream")
+COMMAND_MODULES = ("pangate.cmd_policy", "pangate.cmd_token", "pangate.demo_upstream", "pangate.cmd_audit",
+                   "pangate.cmd_pan", "pangate.cmd_approve", "pangate.cmd_revoke")
 
 
 def build_parser() -> argparse.ArgumentParser:

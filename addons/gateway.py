@@ -1,25 +1,44 @@
 """The pangate gateway: `mitmdump -s addons/gateway.py`.
 
-The order is the data path: identify, authorize, inject the credential, mask
-what comes back, record it. Guard (added first by `chain`) refuses traffic
-while any of them is not ready.
+The order is the data path: identify, authorize, check the resolved address
+and what leaves, hold what needs a person, inject the credential, mask what
+comes back, record it. Guard (added first by `chain`) refuses traffic while
+any of them is not ready.
 """
 
+from pangate.approval import Approval
 from pangate.audit import Audit
 from pangate.authorize import Authorize
+from pangate.control import Control
 from pangate.credentials import Credentials
+from pangate.dlp import Dlp
+from pangate.export import Export
 from pangate.guard import chain
 from pangate.identity import Identity
 from pangate.masking import Masking
 from pangate.policystore import PolicyStore
+from pangate.recording import Recorder
+from pangate.resolve import AddressGuard
+from pangate.revocation import Revocations
 
 store = PolicyStore()
+revocations = Revocations()  # `pangate revoke` writes the list it watches
+approval = Approval(store)
+credentials = Credentials(store)
+audit = Audit(store)
 
 addons = chain(
     store,
-    Identity(store),
+    revocations,
+    Identity(store, revocations),
     Authorize(store),
-    Credentials(store),
-    Masking(store),
-    Audit(store),
+    AddressGuard(store),  # resolves only allowed destinations, pins the checked address
+    Dlp(store),  # needs the decided destination; before any credential is added
+    approval,  # holds high-risk requests before the credential is added
+    Control(store, approval),  # `pangate approve|deny` reach the holds here
+    credentials,
+    Masking(store, credentials),  # also redacts an echoed credential in streamed bodies
+    audit,
+    Recorder(store, credentials),  # after Audit: saves what the client finally got
+    Export(audit),  # ships durable audit records to SIEM collectors, off the data path
 )

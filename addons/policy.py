@@ -122,7 +122,9 @@ class Approval:
 class Approver:
     name: str
     groups: tuple[str, ...]
-    key_sha256: str | None
+    # Ed25519 public key (PEM, from `pangate approver keygen`): approvers sign each
+    # decision, so the gateway holds nothing that could forge one.
+    public_key_file: str | None
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,9 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
     for name, s in doc.named("identities"):
         p.identities[name] = _identity(name, s, p)
     for name, s in doc.named("approvers"):
-        s.keys({"groups", "key"})
-        key = s.section("key")
-        p.approvers[name] = Approver(name, s.strs("groups", ()), _sha256(key, "key") if key else None)
+        s.keys({"groups", "public_key_file"}, hint={k: "approvers sign with a private key that is never in "
+                                                       "the policy: give public_key_file" for k in INLINE_SECRET_KEYS})
+        p.approvers[name] = Approver(name, s.strs("groups", ()), _file(s, "public_key_file", base))
     for name, s in doc.named("approvals"):
         p.approvals[name] = _approval(name, s, p)
     p_reveals = []
