@@ -345,3 +345,75 @@ def test_body_stream_equals_whole_body_masking(enc, events):
         out += bs(b"")
         assert not bs.failed and b"".join(out) == want, trial
         assert flow.metadata["pangate"]["pans_masked"] == M.mask(body)[1]
+
+
+# ---- fast path (panscan._RUN regex, layout cache, blocks) vs the general path -------------------
+def _random_doc(rng: random.Random) -> bytes:
+    """Digit/separator soup around real PANs: every run shape the classifier sees."""
+    pans = [p for _, p in VALID]
+    atoms = [b";", b"%B", b"B", b"=", b"^", b"a", b"*", b".", b"+", b"\n", b'"', b"1732800000000",
+             b"+1 415 555 2671", b'{"cvc": "1", "CID": 2}', b"shipping pin=12"]
+    parts = []
+    for _ in range(rng.randrange(1, 12)):
+        r = rng.random()
+        if r < 0.4:
+            p = rng.choice(pans)
+            if rng.random() < 0.6:
+                k, sep = rng.choice((3, 4, 5, 6)), rng.choice((" ", "-", "  ", " -"))
+                p = sep.join(p[i:i + k] for i in range(0, len(p), k))
+            parts.append(p.encode())
+        elif r < 0.7:
+            parts.append(bytes(rng.choice(b"0123456789 -") for _ in range(rng.randrange(1, 40))))
+        else:
+            parts.append(rng.choice(atoms))
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_run_classifier_equals_general_path(seed):
+    from pangate.panscan import Scanner
+
+    rng = random.Random(seed)
+    for _ in range(600):
+        doc = _random_doc(rng)
+        for bin6 in (True, False):
+            fast = Scanner(bin6, True).scan(doc, 0, len(doc))
+            assert fast == Scanner(bin6, True, fast=False).scan(doc, 0, len(doc)), doc
+
+
+def test_luhn_equals_per_digit_reference():
+    rng = random.Random(5)
+    for n in range(1, 24):
+        for _ in range(50):
+            d = "".join(rng.choice("0123456789") for _ in range(n))
+            assert luhn_ok(d) == (luhn_digit(d[:-1]) == d[-1]), d
+
+
+def test_uppercase_cid_is_sad():
+    # SIG once folded "D" and "d" differently, so all-caps CID was missed.
+    assert M.mask_text('{"CID": "1234", "Cid": "12"}') == ('{"CID": "****", "Cid": "**"}', 2)
+
+
+@pytest.mark.parametrize("offset", [-40, -17, -12, -5, -1, 0, 3])
+def test_findings_across_scan_block_boundary(offset):
+    from pangate.panscan import _BLOCK
+
+    pieces = [b"4111 1111 1111 1111", b"5500000000000004", b'"cvc": "123"', b";4111111111111111=2512101?"]
+    for piece in pieces:
+        pad = _BLOCK + offset
+        doc = b"x" * pad + b" " + piece + b" " + b"y" * 100
+        want = M.mask(b" " + piece + b" ")
+        out, n = M.mask(doc)
+        assert (out[pad:pad + len(piece) + 2], n) == want and out[:pad] == doc[:pad]
+
+
+def test_block_walk_equals_one_block(monkeypatch):
+    from pangate import panscan
+
+    rng = random.Random(11)
+    doc = b"\n".join(_random_doc(rng) for _ in range(6000)) + b" " + b"7 " * 20000
+    assert len(doc) > 3 * panscan._BLOCK
+    want = [Masker(mode, hmac_key=KEY).mask(doc) for mode in ("bin6last4", "hmac")]
+    monkeypatch.setattr(panscan, "_BLOCK", 1 << 40)
+    assert [Masker(mode, hmac_key=KEY).mask(doc) for mode in ("bin6last4", "hmac")] == want
+    assert want[0][1] > 1000
