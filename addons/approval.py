@@ -30,7 +30,7 @@ from .approvals_model import UI_APPROVER, Ledger, Pending, VoteRefused, rule_for
 from .authorize import request_facts
 from .credentials import CLIENT_CREDENTIAL_HEADERS
 from .decide import decide
-from .failsafe import Component, meta, refuse, refused, request_id
+from .failsafe import Component, may_stream, meta, refuse, refused, request_id
 from .identity import caller_name
 from .masking import masker_for
 from .pan import Masker
@@ -107,6 +107,20 @@ class Approval(Component):
                 self._emit("approval_timed_out", p)
 
     # ------------------------------------------------------------------ data path
+
+    def requestheaders(self, flow):
+        """A streamed body leaves before `request`, where holds happen: such a request cannot wait."""
+        if not (flow.request.stream or may_stream(flow)):
+            return
+        who = caller_name(flow)
+        decision = meta(flow).get("decision") or {}
+        if refused(flow) or who is None or decision.get("outcome") not in ("allowed", "report_only"):
+            return
+        rule = rule_for(self.store.policy, request_facts(flow, who), decision.get("destination"))
+        if rule is not None:
+            refuse(flow, 403, "forbidden", f"this request needs approval ({rule.name}) and its body would be "
+                   "streamed past the hold: send it with a Content-Length under stream_large_bodies",
+                   "approval_needs_buffering")
 
     async def request(self, flow):
         m = meta(flow)

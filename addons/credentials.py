@@ -128,8 +128,13 @@ class Credentials(Component):
         elif (c.name or "Authorization") in flow.request.headers:
             flow.request.headers[c.name or "Authorization"] = INJECTED
 
+    def requestheaders(self, flow):
+        # A streamed request's headers leave before `request`: inject now.
+        if flow.request.stream:
+            self.request(flow)
+
     def request(self, flow):
-        if refused(flow):
+        if refused(flow) or "credential" in meta(flow):
             return
         dest = (meta(flow).get("decision") or {}).get("destination")
         if dest is None:

@@ -27,11 +27,12 @@ The decisions (`reveal_for`, `outbound_pan`, `is_card_destination`) are pure.
 from __future__ import annotations
 
 import logging
+import re
 
 
-from .failsafe import Component, meta, refuse, refused, safe_traceback
+from .failsafe import Component, abort_connections, may_stream, meta, refuse, refused, safe_traceback
 from .identity import caller_name
-from .masking import abort_connections, masker_for, may_stream, scrub_request
+from .masking import masker_for, scrub_request
 from .pan import Masker, contains_pan, url_contains_pan
 from .policy import Policy, Reveal
 
@@ -57,12 +58,25 @@ def is_card_destination(policy: Policy | None, destination: str | None) -> bool:
     return bool(d and d.card_data)
 
 
+# JSON may spell digits, spaces and dashes as \u0030..\u0039, \u0020, \u002d: every JSON
+# server decodes them back into a card number, so the check reads them the same way.
+_JSON_ESCAPE = re.compile(rb"\\u00(3[0-9]|2[0dD])")
+
+
 def body_contains_pan(body: bytes, content_type: str = "") -> bool:
-    """PAN check of a decoded body; form bodies are read the way servers decode them."""
+    """PAN check of a decoded body, read the way the receiving server will read it."""
     if not body:
         return False
-    if "x-www-form-urlencoded" in content_type.lower():
+    ctype = content_type.lower()
+    if "x-www-form-urlencoded" in ctype:
         return url_contains_pan(body.decode("latin-1"))
+    if "charset=utf-16" in ctype or "charset=utf-32" in ctype:
+        try:
+            body = body.decode(ctype.split("charset=", 1)[1].split(";")[0].strip()).encode()
+        except (LookupError, UnicodeDecodeError):
+            return True  # unreadable to us: not sent to a non-card destination
+    if b"\\u00" in body:
+        body = _JSON_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), body)
     return contains_pan(body)
 
 

@@ -25,6 +25,8 @@ import traceback
 import uuid
 
 from mitmproxy import ctx, http
+from mitmproxy.net.http.http1.read import expected_http_body_size
+from mitmproxy.utils import human
 
 log = logging.getLogger("pangate")
 
@@ -61,9 +63,81 @@ def meta(flow) -> dict:
     return flow.metadata.setdefault("pangate", {})
 
 
+def may_stream(flow, response: bool = False) -> bool:
+    """Whether mitmproxy could stream this body under `stream_large_bodies`.
+
+    A body of unknown size (chunked, read-until-close) is switched to raw
+    streaming mid-body once it outgrows the limit, with no hook to see it: so
+    such a body is treated as streamed from the start, through our callable.
+    """
+    limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None) or None)
+    if limit is None:
+        return False
+    try:
+        size = expected_http_body_size(flow.request, flow.response if response else None)
+    except ValueError:
+        return True  # malformed framing: never let it switch to raw streaming
+    return size is None or size < 0 or size > limit
+
+
+def abort_connections(flow, *conns) -> bool:
+    """Reset the given connections of a live flow now (not after queued data is flushed).
+
+    A stream callable cannot refuse a flow: mitmproxy has already sent the
+    headers. Resetting the sockets is the only way to make the receiver see
+    an error instead of a clean (truncated) end of message. On HTTP/2 this
+    resets the whole client connection, other streams included. Uses
+    mitmproxy internals (proxyserver.connections, handler.transports): if
+    they are not there, the caller still sends nothing more, and a
+    Content-Length body then ends short, which clients report.
+    """
+    try:
+        server = ctx.master.addons.get("proxyserver")
+        handler = getattr(server, "connections", {}).get(flow.client_conn.id) if server else None
+        if handler is None:
+            return False
+        done = False
+        for conn in conns:
+            io = handler.transports.get(conn)
+            writer = getattr(io, "writer", None)
+            if writer is not None:
+                writer.transport.abort()
+                done = True
+        return done
+    except Exception:  # called from error paths: must not raise into mitmproxy's layer
+        log.exception("pangate: could not reset the connections of a cut stream")
+        return False
+
+
+def stop_messages(flow) -> None:
+    """End a websocket or TCP flow now: drop the message in hand and reset both sides.
+
+    kill() does not stop mitmproxy's websocket or TCP relays, so the message
+    being handled is dropped explicitly and the sockets are reset.
+    """
+    ws = getattr(flow, "websocket", None)
+    if ws is not None and ws.messages:
+        ws.messages[-1].drop()
+    elif getattr(flow, "messages", None):
+        flow.messages[-1].content = b""
+    abort_connections(flow, flow.client_conn, flow.server_conn)
+    if flow.killable:
+        flow.kill()
+
+
 def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict | None = None) -> None:
     """Answer the client with pangate's JSON refusal; the request goes no further."""
     rid = request_id(flow)
+    m = meta(flow)
+    if (flow.request.method != "CONNECT" and flow.response is None and flow.request.timestamp_end is None
+            and (flow.request.stream or may_stream(flow))):
+        # mitmproxy cannot answer a request whose body it is going to stream
+        # (it raises and drops the connection unanswered): cut it off instead.
+        m["refused"] = {"status": status, "code": code, "reason": reason}
+        log.warning("pangate refused request %s (%s) while its body was streaming in: connection reset", rid, code)
+        if flow.killable:
+            flow.kill()
+        return
     body = json.dumps({"error": error, "reason": reason, "code": code, "request_id": rid}, indent=1)
     hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Pangate-Request-Id": rid}
     hdrs.update(headers or {})
@@ -77,7 +151,6 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
         # is streamed through a sink that drops it and sends ours at the end.
         response.stream = _ReplaceBody(response.raw_content)
     flow.response = response
-    m = meta(flow)
     m["refused"] = {"status": status, "code": code, "reason": reason}
     if status >= 500 and code != "policy_unavailable":
         m.setdefault("error", reason)
@@ -118,8 +191,7 @@ def fail_flow(flow, hook: str, exc: BaseException, addon: str) -> None:
     reason = f"an internal check failed ({addon}.{hook}); the request was not forwarded"
     if hook in MESSAGE_HOOKS or not isinstance(flow, http.HTTPFlow):
         meta(flow)["error"] = reason
-        if flow.killable:
-            flow.kill()
+        stop_messages(flow)
         return
     if hook != "error":
         refuse(flow, 502, "gateway_error", reason, "internal_error")
@@ -194,13 +266,16 @@ class Sentinel:
 
     def websocket_message(self, flow):
         if not STATE.live:
-            flow.kill()
+            stop_messages(flow)
 
     def tcp_start(self, flow):
-        flow.kill()
+        stop_messages(flow)
+
+    def tcp_message(self, flow):
+        stop_messages(flow)
 
     def udp_start(self, flow):
-        flow.kill()
+        stop_messages(flow)
 
 
 def install_sentinel() -> None:

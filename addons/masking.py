@@ -37,10 +37,8 @@ import os
 import zlib
 
 from mitmproxy import ctx
-from mitmproxy.net.http.http1.read import expected_http_body_size
-from mitmproxy.utils import human
 
-from .failsafe import Component, meta, refuse, refused, safe_traceback
+from .failsafe import Component, abort_connections, may_stream, meta, refuse, refused, safe_traceback
 from .pan import Masker
 from .policy import Policy
 
@@ -160,52 +158,6 @@ def stream_decoder(content_encoding: str):
 
 
 # ---- streaming: end a flow from inside a stream callable -----------------------------
-def abort_connections(flow, *conns) -> bool:
-    """Reset the given connections of a live flow now (not after queued data is flushed).
-
-    A stream callable cannot refuse a flow: mitmproxy has already sent the
-    headers. Resetting the sockets is the only way to make the receiver see
-    an error instead of a clean (truncated) end of message. On HTTP/2 this
-    resets the whole client connection, other streams included. Uses
-    mitmproxy internals (proxyserver.connections, handler.transports): if
-    they are not there, the caller still sends nothing more, and a
-    Content-Length body then ends short, which clients report.
-    """
-    try:
-        server = ctx.master.addons.get("proxyserver")
-        handler = getattr(server, "connections", {}).get(flow.client_conn.id) if server else None
-        if handler is None:
-            return False
-        done = False
-        for conn in conns:
-            io = handler.transports.get(conn)
-            writer = getattr(io, "writer", None)
-            if writer is not None:
-                writer.transport.abort()
-                done = True
-        return done
-    except Exception:  # called from error paths: must not raise into mitmproxy's layer
-        log.exception("pangate: could not reset the connections of a cut stream")
-        return False
-
-
-def may_stream(flow, response: bool = False) -> bool:
-    """Whether mitmproxy could stream this body under `stream_large_bodies`.
-
-    A body of unknown size (chunked, read-until-close) is switched to raw
-    streaming mid-body once it outgrows the limit, with no hook to see it: so
-    such a body is treated as streamed from the start, through our callable.
-    """
-    limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None) or None)
-    if limit is None:
-        return False
-    try:
-        size = expected_http_body_size(flow.request, flow.response if response else None)
-    except ValueError:
-        return True  # malformed framing: never let it switch to raw streaming
-    return size is None or size < 0 or size > limit
-
-
 # ---- the stream callable ---------------------------------------------------------------
 class BodyStream:
     """flow.response.stream: decode, mask, emit; b"" marks the end (flush).
