@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import logging
 
+from mitmproxy import ctx, exceptions
+
 from . import failsafe, veil
-from .failsafe import Component, meta, refuse, refused, request_id
+from .failsafe import Component, meta, refuse, refused, request_id, stop_messages
 
 log = logging.getLogger("pangate")
+
+# mitmproxy options that would let traffic past pangate's checks, and why.
+BYPASS_OPTIONS = {
+    "ssl_insecure": "upstream TLS is always verified: give the upstream's CA in ssl_verify_upstream_trusted_ca",
+    "ignore_hosts": "ignored hosts are tunnelled without being decided, masked or recorded",
+    "allow_hosts": "hosts outside allow_hosts are tunnelled without being decided, masked or recorded",
+    "tcp_hosts": "raw TCP is relayed without being decided, masked or recorded",
+    "udp_hosts": "raw UDP is relayed without being decided, masked or recorded",
+    "intercept": "an intercept pauses flows after the credential is injected and lets them be edited "
+                 "unchecked: use approval rules in the policy instead",
+}
 
 
 class Guard(Component):
@@ -15,6 +28,14 @@ class Guard(Component):
 
     def __init__(self, components: list):
         self.components = components
+
+    def configure(self, updated):
+        for name in BYPASS_OPTIONS.keys() & set(updated):
+            if getattr(ctx.options, name, None):
+                raise exceptions.OptionsError(f"pangate refuses {name}: {BYPASS_OPTIONS[name]}")
+        if "rawtcp" in updated and ctx.options.rawtcp:
+            # On by default: non-HTTP bytes in a tunnel would be relayed raw. Off, they fail HTTP parsing.
+            ctx.options.update(rawtcp=False)
 
     def running(self):
         failsafe.STATE.live = True
@@ -25,10 +46,11 @@ class Guard(Component):
         failsafe.STATE.problem = "the pangate gateway is reloading or failed to load"
 
     def _admit(self, flow) -> None:
-        if flow.is_replay and "replayed_from" not in meta(flow):
-            # A replay is a new request by whoever started it: none of the original's
-            # identity, decision or approval carries over.
-            flow.metadata["pangate"] = {"replayed_from": meta(flow).get("request_id")}
+        if flow.is_replay:
+            # A replay (each attempt) is a new request by whoever started it: none of the
+            # original's identity, decision, refusal or approval carries over.
+            origin = meta(flow).get("replayed_from") or meta(flow).get("request_id")
+            flow.metadata["pangate"] = {"replayed_from": origin}
         request_id(flow)
         if refused(flow):
             return
@@ -51,10 +73,13 @@ class Guard(Component):
     def tcp_start(self, flow):
         # pangate speaks HTTP only; anything else in a tunnel would go unchecked.
         meta(flow)["refused"] = {"code": "not_http", "reason": "only HTTP traffic may pass"}
-        flow.kill()
+        stop_messages(flow)
+
+    def tcp_message(self, flow):
+        stop_messages(flow)
 
     def udp_start(self, flow):
-        flow.kill()
+        stop_messages(flow)
 
 
 def chain(*components) -> list:

@@ -113,7 +113,7 @@ class Gateway:
         self.log = LogWatcher(self.proc.stdout)
         m = self.log.wait_for(r"HTTP\(S\) proxy listening at .*?:(\d+)")
         self.port = int(m.group(1))
-        if tool == "mitmweb":
+        if tool == "mitmweb" and wait_live:
             w = self.log.wait_for(r"Web server listening at (http://\S+)")
             self.web_url = w.group(1).rstrip("/")
             t = re.search(r"token=([0-9a-f]+)", self.web_url)
