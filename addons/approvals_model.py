@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from .decide import Request, path_matches, query_ok
+from .decide import Request, path_triggers, query_triggers
 from .policy import Approval, Policy
 
 UI_APPROVER = "mitmweb-ui"  # a plain mitmweb resume/kill: whoever had the UI, not a named person
@@ -31,8 +31,8 @@ def rule_for(policy: Policy, req: Request, destination: str | None) -> Approval 
                 continue
         if rule.destination and rule.destination != destination:
             continue
-        if (req.method in rule.methods and any(path_matches(p, req.path) for p in rule.paths)
-                and query_ok(rule.query, req.query)):
+        if (req.method in rule.methods and any(path_triggers(p, req.path) for p in rule.paths)
+                and query_triggers(rule.query, req.query)):
             return rule
     return None
 

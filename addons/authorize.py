@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl
 
 from .decide import Decision, Request, decide, decide_connect
 from .failsafe import Component, meta, refuse, refused
@@ -15,15 +15,15 @@ log = logging.getLogger("pangate")
 def request_facts(flow, identity: str) -> Request:
     """The decision's input, from where the request really goes (not what it claims)."""
     req = flow.request
-    parts = urlsplit(req.path)
+    path, _, query = req.path.partition("?")  # not urlsplit: "//admin/x" is a path here, not a netloc
     return Request(
         identity=identity,
         scheme=req.scheme,
         host=req.host,  # inside a tunnel: the CONNECT target, whatever the Host header says
         port=req.port,
         method=req.method.upper(),
-        path=unquote(parts.path or "/"),
-        query=tuple(parse_qsl(parts.query, keep_blank_values=True)),
+        path=path,  # raw: decide() refuses ambiguous forms, then matches the decoded path
+        query=tuple(parse_qsl(query, keep_blank_values=True)),
         host_header=req.host_header,
         sni=flow.client_conn.sni,
     )
@@ -63,6 +63,12 @@ class Authorize(Component):
         who = caller_name(flow)
         if who is None:
             refuse(flow, 407, "proxy_auth_required", "no identity was established", "missing_token")
+            return
+        if flow.request.authority and flow.request.http_version.startswith("HTTP/1"):
+            # Absolute-form inside a tunnel: servers and CDNs route on that authority, not on
+            # the tunnel's host, so the credential would go where the policy never looked.
+            refuse(flow, 403, "forbidden", "an absolute-form request target inside a tunnel is refused: "
+                   "send origin-form (a path)", "absolute_form")
             return
         facts = request_facts(flow, who)
         decision = decide(self.store.policy, facts)

@@ -10,6 +10,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from urllib.parse import unquote
 
 from .policy import Destination, Policy, QueryRule, Rule
 
@@ -58,6 +59,11 @@ def decide(policy: Policy, req: Request) -> Decision:
     identity = policy.identities.get(req.identity)
     if identity is None:
         return Decision(False, "unknown_identity", f"identity {req.identity!r} is not in the policy")
+    problem = unsafe_path(req.path)
+    if not problem and any("#" in k or "#" in v for k, v in req.query):
+        problem = "the request target has a fragment, which servers read differently: refused"
+    if problem:
+        return Decision(False, "unsafe_path", problem)
     host = req.host.lower().rstrip(".")
     mismatch = _front_mismatch(host, req)
     if mismatch:
@@ -107,9 +113,28 @@ def host_matches(pattern: str, host: str) -> bool:
 
 
 def rule_matches(rule: Rule, req: Request) -> bool:
+    path = unquote(req.path)
     return (req.method in rule.methods
-            and any(path_matches(p, req.path) for p in rule.paths)
+            and any(path_matches(p, path) for p in rule.paths)
             and query_ok(rule.query, req.query))
+
+
+def unsafe_path(path: str) -> str | None:
+    """A request target that servers could read differently from us is refused, not guessed at.
+
+    `path` is the raw path (no query). Empty or dot segments, doubled slashes,
+    backslashes, `;` parameters and fragments are where proxies and servers
+    disagree (/v1/charges/..;/admin, //admin/v1/charges, a#&limit=...).
+    """
+    if not path.startswith("/"):
+        return f"the request target {path[:80]!r} is not an origin-form path"
+    decoded = unquote(path)
+    for bad, why in (("#", "a fragment"), ("\\", "a backslash"), (";", "a ; parameter"), ("\x00", "a NUL byte")):
+        if bad in decoded:
+            return f"the request path has {why}, which servers read differently: refused"
+    if "//" in decoded or "/./" in decoded + "/" or "/../" in decoded + "/":
+        return "the request path has empty or dot segments, which servers read differently: refused"
+    return None
 
 
 def path_matches(pattern: str, path: str) -> bool:
@@ -151,6 +176,32 @@ def query_ok(rules: tuple[QueryRule, ...], query: tuple[tuple[str, str], ...]) -
         if not all(_holds(rule, v) for v in values):
             return False
     return True
+
+
+def query_triggers(rules: tuple[QueryRule, ...], query: tuple[tuple[str, str], ...]) -> bool:
+    """Trigger semantics, for rules that ADD a check (approvals): one matching value is enough.
+
+    The opposite of query_ok, so a duplicated parameter (limit=1&limit=5000)
+    cannot hide the value a server will use.
+    """
+    for rule in rules:
+        values = [v for k, v in query if k == rule.param]
+        if rule.op == "present":
+            hit = bool(values)
+        elif rule.op == "absent":
+            hit = not values
+        else:
+            hit = any(_holds(rule, v) for v in values)
+        if not hit:
+            return False
+    return True
+
+
+def path_triggers(pattern: str, path: str) -> bool:
+    """Trigger semantics for paths: case and a trailing slash do not escape a rule."""
+    path = unquote(path)
+    variants = {path, path.lower(), path.rstrip("/") or "/", path.lower().rstrip("/") or "/"}
+    return any(path_matches(p, v) for p in (pattern, pattern.lower()) for v in variants)
 
 
 def _holds(rule: QueryRule, value: str) -> bool:
@@ -205,13 +256,23 @@ def address_refusal(host: str, dests: list[Destination], resolved: str | None = 
     return None
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _ip(text: str):
+    """The address; an IPv4 address carried inside an IPv6 one is judged as that IPv4 address
+    (::ffff:169.254.169.254, NAT64 64:ff9b::a9fe:a9fe, 6to4 2002:a9fe:a9fe::, Teredo, ::a9fe:a9fe)."""
     try:
         addr = ipaddress.ip_address(text.strip("[]").split("%")[0])
     except ValueError:
         return None
-    # ::ffff:169.254.169.254 is the metadata service too: judge the IPv4 inside.
-    return addr.ipv4_mapped if addr.version == 6 and addr.ipv4_mapped else addr
+    if addr.version == 6:
+        embedded = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if embedded is None and (addr in _NAT64 or (int(addr) >> 32 == 0 and int(addr) > 1)):
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is not None:
+            return embedded
+    return addr
 
 
 def decide_connect(policy: Policy, identity: str, host: str, port: int) -> Decision:

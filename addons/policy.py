@@ -24,7 +24,8 @@ MASK_MODES = ("bin6last4", "last4", "hmac")
 # secrets come from the environment or a file, so a reviewer of the policy
 # (and its git history) never sees one.
 INLINE_SECRET_KEYS = {"value", "secret", "token", "password", "key", "api_key", "apikey"}
-_QUERY = re.compile(r"^\s*(<=|>=|==|!=|<|>|=|in|matches)?\s*(.*?)\s*$")
+# Word operators need a space after them, so "inactive" is a value, not "in active".
+_QUERY = re.compile(r"^\s*(<=|>=|==|!=|<|>|=|in(?=\s)|matches(?=\s))?\s*(.*?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,9 @@ def _query_rules(s: Section) -> tuple[QueryRule, ...]:
         return ()
     rules = []
     for param, raw in q.node.items():
-        text = str(raw) if not isinstance(raw, bool) else ("present" if raw else "absent")
+        if isinstance(raw, bool):  # YAML reads yes/no/on/off as booleans: say what is meant
+            raise q.error(param, "write present, absent, or a quoted value")
+        text = str(raw)
         m = _QUERY.match(text)
         op, value = (m.group(1) or "=="), m.group(2)
         if text in ("present", "absent"):

@@ -44,6 +44,9 @@ def policy():
     ("api.example.com", "93.184.216.34", None),
     ("api.example.com", "169.254.169.254", "cloud metadata"),
     ("api.example.com", "::ffff:169.254.169.254", "cloud metadata"),
+    ("api.example.com", "64:ff9b::a9fe:a9fe", "cloud metadata"),  # NAT64
+    ("api.example.com", "2002:a9fe:a9fe::1", "cloud metadata"),  # 6to4
+    ("api.example.com", "::a9fe:a9fe", "cloud metadata"),  # IPv4-compatible
     ("api.example.com", "fd00:ec2::254", "cloud metadata"),
     ("api.example.com", "100.100.100.200", "cloud metadata"),
     ("api.example.com", "10.0.0.7", "non-public address 10.0.0.7"),

@@ -55,7 +55,14 @@ def policy():
     ({"path": "/v1/charges/ch_1/refund"}, False, "no_rule"),
     ({"path": "/files/a/b/c.csv"}, True, "allowed"),
     ({"path": "/files"}, True, "allowed"),
-    ({"path": "/files/../admin"}, False, "no_rule"),
+    ({"path": "/files/../admin"}, False, "unsafe_path"),
+    ({"path": "/files/%2e%2e/admin"}, False, "unsafe_path"),
+    ({"path": "//admin/v1/charges"}, False, "unsafe_path"),
+    ({"path": "/v1/charges/..;/admin"}, False, "unsafe_path"),
+    ({"path": "/v1/charges;jsessionid=x"}, False, "unsafe_path"),
+    ({"path": "/v1/charges\\..\\admin"}, False, "unsafe_path"),
+    ({"path": "/v1/charges#frag"}, False, "unsafe_path"),
+    ({"path": "/v1/charges/ch%5F1"}, True, "allowed"),
     ({"query": (("limit", "100"),)}, True, "allowed"),
     ({"query": (("limit", "101"),)}, False, "no_rule"),
     ({"query": (("limit", "10"), ("limit", "1000"))}, False, "no_rule"),
@@ -89,6 +96,17 @@ def test_connect_precheck(policy):
     assert decide_connect(policy, "svc", "api.example.com", 443).allowed
     assert decide_connect(policy, "svc", "x.internal.example", 8443).reason == "no_rule"
     assert decide_connect(policy, "svc", "internal.example", 8443).reason == "unknown_destination"
+
+
+def test_approval_triggers_cannot_be_dodged():
+    from pangate.decide import path_triggers, query_triggers
+    from pangate.policy import QueryRule
+
+    big = (QueryRule("limit", ">", 50.0, 1),)
+    assert query_triggers(big, (("limit", "1"), ("limit", "5000")))  # any value counts
+    assert not query_triggers(big, (("limit", "10"),))
+    assert not query_triggers(big, ())
+    assert path_triggers("/v1/refunds/**", "/V1/Refunds/x") and path_triggers("/v1/charges", "/v1/charges/")
 
 
 def test_path_patterns():
@@ -144,3 +162,36 @@ def test_policy_check_reports_file_line_reason(tmp_path):
     out = subprocess.run([str(VENV_BIN / "pangate"), "policy", "check", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert f"{bad}:5: roles.r.allow[0].destination: unknown destination 'nowhere'" in out.stderr
+
+
+@pytest.mark.parametrize("value,ok", [("inactive", "inactive"), ("in [a, b]", ("a", "b")), ("== in", "in")])
+def test_query_word_operators_need_a_space(value, ok):
+    p = parse_policy(BASE.replace('query: {limit: "<= 100", expand: "absent"}', f'query: {{status: "{value}"}}'), "q.yaml")
+    rule = p.roles["r"].rules[0].query[0]
+    assert rule.value == ok
+
+
+def test_query_booleans_are_refused():
+    with pytest.raises(PolicyError, match="quoted value"):
+        parse_policy(BASE.replace('query: {limit: "<= 100", expand: "absent"}', "query: {flag: yes}"), "q.yaml")
+
+
+def test_a_rejected_reload_changes_no_listener(tmp_path):
+    """Listeners that accepted the new file are put back when a later one refuses it."""
+    from pangate.policystore import PolicyStore
+
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE)
+    store, seen = PolicyStore(), []
+    store.subscribe(lambda p: seen.append(p.digest))
+
+    def picky(p):
+        if "refuse-me" in p.destinations:
+            raise ValueError("cannot use this policy")
+    store.subscribe(picky)
+    store._load(str(path))
+    good = store.policy.digest
+    path.write_text(BASE + "  refuse-me: {host: r.example}\n")
+    with pytest.raises(ValueError):
+        store._load(str(path))
+    assert store.policy.digest == good and seen[-1] == good
