@@ -69,9 +69,17 @@ class PolicyStore(Component):
     def _load(self, path: str) -> None:
         stamp = self._file_stamp(path)
         policy = load_policy(path)
-        for fn in self._listeners:
-            fn(policy)  # a listener may refuse it (e.g. a credential file it cannot read)
         old = self.policy
+        try:
+            for fn in self._listeners:
+                fn(policy)  # a listener may refuse it (e.g. a credential file it cannot read)
+        except Exception:
+            # Listeners before the one that refused already switched: put them back on
+            # the policy still in force, so a rejected file changes nothing at all.
+            if old is not None:
+                for fn in self._listeners:
+                    fn(old)
+            raise
         self.policy, self._stamp = policy, stamp
         self.healthy, self.problem = True, ""
         events.emit("policy_loaded", path=path, digest=policy.digest,

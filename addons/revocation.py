@@ -183,6 +183,14 @@ class Revocations(Component):
         stamp = file_stamp(path)
         if stamp == self._stamp:
             return
+        if stamp is None and self._stamp is not None:
+            # A list that existed and vanished would silently lift every revocation.
+            self._stamp = None
+            self.healthy = False
+            self.problem = f"the revocation list {path} disappeared; requests are refused until it is back"
+            log.error("pangate %s", self.problem)
+            events.emit("revocations_rejected", alert=True, path=path, error="file disappeared")
+            return
         try:
             self._load(path)
         except ValueError as e:

@@ -591,9 +591,16 @@ def test_unreadable_revocation_list_fails_closed(aux, upstream, mint):
         aux.log.wait_for(r"revocation list cannot be read", start=mark, timeout=5)
         r = s.get(url(upstream))
         assert r.status_code == 503 and r.json()["code"] == "revocations_unavailable", r.text
-    finally:
+        # A list that vanishes would lift every revocation: refused as well.
         mark = aux.log.mark()
         os.remove(rev_option)
+        aux.log.wait_for(r"revocation list .* disappeared", start=mark, timeout=5)
+        r = s.get(url(upstream))
+        assert r.status_code == 503 and "disappeared" in r.json()["reason"], r.text
+    finally:
+        mark = aux.log.mark()
+        path.write_text('{"version": 1, "identities": {}, "jtis": {}}')
+        os.replace(path, rev_option)
         aux.log.wait_for(r"revocation list loaded", start=mark, timeout=5)
     assert s.get(url(upstream)).status_code == 200
 
