@@ -149,14 +149,14 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
         # Refused between the upstream's headers and its body: mitmproxy would
         # still read that body into (or stream it under) our refusal, so it
         # is streamed through a sink that drops it and sends ours at the end.
-        response.stream = _ReplaceBody(response.raw_content)
+        response.stream = DropUpstreamBody(response.raw_content)
     flow.response = response
     m["refused"] = {"status": status, "code": code, "reason": reason}
     if status >= 500 and code != "policy_unavailable":
         m.setdefault("error", reason)
 
 
-class _ReplaceBody:
+class DropUpstreamBody:
     """A response stream that swallows the upstream body and emits `body` once, at its end."""
 
     def __init__(self, body: bytes):

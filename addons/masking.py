@@ -32,13 +32,14 @@ streaming it, so the flow never stores it; headers stay masked.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import zlib
 
 from mitmproxy import ctx
 
-from .failsafe import Component, abort_connections, may_stream, meta, refuse, refused, safe_traceback
+from .failsafe import Component, DropUpstreamBody, abort_connections, may_stream, meta, refuse, refused, safe_traceback
 from .pan import Masker
 from .policy import Policy
 
@@ -259,15 +260,7 @@ class _Redact:
         return out
 
 
-class _Discard:
-    """stream callable of a refusal sent instead of an upstream body: the body is dropped."""
-
-    def __init__(self, body: bytes):
-        self.body = body
-
-    def __call__(self, chunk: bytes) -> bytes:
-        return b"" if chunk else self.body
-
+OFFLOAD_BYTES = 256 * 1024
 
 # ---- the addon ---------------------------------------------------------------------------
 class Masking(Component):
@@ -306,8 +299,7 @@ class Masking(Component):
             # to raw streaming by mitmproxy under stream_large_bodies.
             log.error("pangate Masking.responseheaders failed; flow refused:\n%s", safe_traceback(e))
             refuse(flow, 502, "gateway_error", "an internal check failed (Masking.responseheaders); "
-                   "the response was not forwarded", "internal_error")
-            flow.response.stream = _Discard(flow.response.content)
+                   "the response was not forwarded", "internal_error")  # drops the upstream body
             meta(flow)["failed_hook"] = "Masking.responseheaders"
 
     def _responseheaders(self, flow):
@@ -319,7 +311,7 @@ class Masking(Component):
             # answered. Buffering is not enough: mitmproxy would later switch a
             # large upstream body to raw streaming under the refusal's headers.
             # So the upstream body is read and dropped, and the refusal sent.
-            flow.response.stream = _Discard(flow.response.content or b"")
+            flow.response.stream = DropUpstreamBody(flow.response.content or b"")
             meta(flow).pop("reveal", None)
             return
         resp = flow.response
@@ -334,8 +326,7 @@ class Masking(Component):
         try:
             decoder = stream_decoder(enc)
         except ValueError as e:
-            refuse(flow, 502, "gateway_error", str(e), "unsupported_encoding")
-            flow.response.stream = _Discard(flow.response.content)
+            refuse(flow, 502, "gateway_error", str(e), "unsupported_encoding")  # drops the upstream body
             meta(flow).pop("reveal", None)
             return
         resp.headers.pop("content-encoding", None)  # what goes out is decoded
@@ -353,7 +344,7 @@ class Masking(Component):
         secret = getattr(self.credentials, "secrets", {}).get(dest) if dest else None
         return (secret.value.encode(),) if secret is not None else ()
 
-    def response(self, flow):
+    async def response(self, flow):
         resp = flow.response
         if resp is None:
             return
@@ -364,12 +355,13 @@ class Masking(Component):
                 resp.content = self.masker.mask(resp.content)[0]
             return
         count = mask_headers(self.masker, resp.headers)
-        body = resp.get_content(strict=True)  # raises on a body it cannot decode: refused
-        if body:
-            masked, n = mask_body(self.masker, body, resp.headers.get("content-type", ""))
-            if n or masked != body:
-                resp.set_content(masked)
-                count += n
+        if resp.raw_content and len(resp.raw_content) > OFFLOAD_BYTES:
+            # A big body is decoded, scanned and re-encoded on a worker thread, so the
+            # event loop keeps serving other flows meanwhile (no 100 ms stalls).
+            count += await asyncio.to_thread(mask_response_body, self.masker, resp)
+        else:
+            count += mask_response_body(self.masker, resp)
+        meta(flow)["response_masked"] = True  # the recorder need not scan it again
         if count:
             meta(flow)["pans_masked"] = meta(flow).get("pans_masked", 0) + count
 
@@ -398,6 +390,17 @@ def _mask_message_at_rest(masker: Masker, msg) -> None:
     out, n = masker.mask(msg.content)
     if n:
         msg.content = out
+
+
+def mask_response_body(masker: Masker, resp) -> int:
+    """Mask a buffered response body in place; raises on a body it cannot decode (refused)."""
+    body = resp.get_content(strict=True)
+    if not body:
+        return 0
+    masked, n = mask_body(masker, body, resp.headers.get("content-type", ""))
+    if n or masked != body:
+        resp.set_content(masked)
+    return n
 
 
 def mask_headers(masker: Masker, headers) -> int:
