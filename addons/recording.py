@@ -32,6 +32,8 @@ log = logging.getLogger("pangate")
 DROP_HEADERS = {h.lower() for h in ("Proxy-Authorization", "Set-Cookie", *CLIENT_CREDENTIAL_HEADERS)}
 WITHHELD = b"[pangate: body withheld from the recording: it could not be decoded to be masked]"
 SUFFIX = ".mitm"
+SYNC_SECONDS = 0.2  # recordings are evidence but not the source of truth: fsync in groups
+BATCH = 256
 
 
 class Scrubber:
@@ -60,10 +62,19 @@ class Scrubber:
             else:
                 headers.set_all(name, [self.text(v) for v in headers.get_all(name)])
 
-    def message(self, msg: http.Message) -> None:
+    def message(self, msg: http.Message, body_masked: bool = False) -> None:
         self.headers(msg.headers)
         if msg.trailers:
             self.headers(msg.trailers)
+        if body_masked:  # Masking already masked this body in the flow: not scanned twice
+            if self.secrets and msg.raw_content:
+                body = msg.get_content(strict=False) or b""
+                out = body
+                for sec in self.secrets:
+                    out = out.replace(sec.encode(), b"[secret]")
+                if out != body:
+                    msg.content = out
+            return
         if msg.raw_content:
             try:
                 body = msg.get_content(strict=True)
@@ -75,8 +86,8 @@ class Scrubber:
             if masked != body:
                 msg.content = masked  # re-encoded per Content-Encoding, as the reader expects
 
-    def flow(self, flow: http.HTTPFlow) -> http.HTTPFlow:
-        f = flow.copy()
+    def flow(self, flow: http.HTTPFlow, copy: bool = True) -> http.HTTPFlow:
+        f = flow.copy() if copy else flow
         f.metadata = {"pangate": dict(meta(flow))}  # other addons' notes are not vetted: dropped
         req = f.request
         for name in list(req.query.keys()):
@@ -86,7 +97,7 @@ class Scrubber:
         req.authority = self.text(req.authority)
         self.message(req)
         if f.response is not None:
-            self.message(f.response)
+            self.message(f.response, body_masked=bool(meta(f).get("response_masked")))
             f.response.reason = self.text(f.response.reason)
         if f.websocket is not None:
             for m in f.websocket.messages:
@@ -109,6 +120,7 @@ class RecordingFiles:
         self.failure: str | None = None
         self._fo = self._path = None
         self._opened = 0.0
+        self._synced, self._dirty = 0.0, False
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
         self._seal_leftovers()
         self.thread = threading.Thread(target=self._run, name="pangate-recorder", daemon=True)
@@ -129,16 +141,24 @@ class RecordingFiles:
         self.thread.join(10)
 
     def _run(self) -> None:
-        while True:
+        stop = False
+        while not stop:
             try:
-                item = self.queue.get(timeout=1.0)
+                item = self.queue.get(timeout=SYNC_SECONDS)
             except queue.Empty:
                 item = ...
-            if item is None:
-                self._rotate(reopen=False)
-                return
-            pending = [] if item is ... else [item]
-            while pending or item is ...:
+            batch = []
+            while item is not ... and len(batch) < BATCH:
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    item = ...
+            pending = [self._scrub(f, scrubber) for f, scrubber in batch]
+            while True:
                 try:
                     self._write(pending)
                     if self.failure is not None:
@@ -148,20 +168,39 @@ class RecordingFiles:
                     self._close_quietly()
                     self._state(f"{type(e).__name__}: {e}")
                     time.sleep(0.5)  # retry the same flows: nothing recorded is dropped
+        self._rotate(reopen=False)
+
+    @staticmethod
+    def _scrub(flow, scrubber: "Scrubber"):
+        try:
+            return scrubber.flow(flow, copy=False)
+        except Exception:  # never store what could not be scrubbed: keep a bare stub instead
+            log.exception("pangate recording: a flow could not be scrubbed; its bodies are withheld")
+            for msg in (flow.request, flow.response):
+                if msg is not None:
+                    msg.headers.clear()
+                    msg.content = WITHHELD
+            flow.metadata = {}
+            return flow
 
     def _write(self, flows: list) -> None:
+        self._rotate_if_due()
+        for f in flows:
+            if self._fo is None:
+                self._open()
+            FlowWriter(self._fo).add(f)
+            self._fo.flush()
+            self._dirty = True
+            self._rotate_if_due()
+        now = time.monotonic()
+        if self._dirty and now - self._synced >= SYNC_SECONDS:  # group commit: one fsync per window
+            os.fsync(self._fo.fileno())
+            self._synced, self._dirty = now, False
+
+    def _rotate_if_due(self) -> None:
         if self._fo is not None and (time.time() - self._opened >= self.rotate_seconds
                                      or self._fo.tell() >= self.rotate_bytes):
             self._rotate(reopen=True)
-        if not flows:
-            return
-        if self._fo is None:
-            self._open()
-        writer = FlowWriter(self._fo)
-        for f in flows:
-            writer.add(f)
-        self._fo.flush()
-        os.fsync(self._fo.fileno())
 
     def _open(self) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -174,8 +213,11 @@ class RecordingFiles:
         if self._fo is None:
             return
         path = self._path
+        self._fo.flush()
+        os.fsync(self._fo.fileno())
         self._fo.close()
         self._fo = None
+        self._dirty = False
         sign_file(path, self.key)
 
     def _close_quietly(self) -> None:
@@ -269,7 +311,8 @@ class Recorder(Component):
         if self.files is None or m.get("recording_saved"):
             return
         m["recording_saved"] = True
-        self.files.put(self.scrubber().flow(flow))
+        # Scrubbed on the writer thread: masking a copy must not stall the event loop.
+        self.files.put((flow.copy(), self.scrubber()))
 
     def http_connect(self, flow):
         if flow.response is not None and flow.response.status_code >= 300:

@@ -67,9 +67,8 @@ def test_undecodable_body_is_withheld():
 def test_files_rotate_and_are_signed(tmp_path):
     key = Ed25519PrivateKey.generate()
     files = RecordingFiles(str(tmp_path), key, rotate_bytes=1, rotate_seconds=3600)
-    flows = [Scrubber().flow(_flow()) for _ in range(3)]
-    for f in flows:
-        files.put(f)
+    for _ in range(3):
+        files.put((_flow(), Scrubber()))
     files.close()
     recs = sorted(tmp_path.glob("*.mitm"))
     assert len(recs) == 3  # one flow each: every write passes the 1-byte limit
