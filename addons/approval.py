@@ -34,6 +34,7 @@ from .failsafe import Component, may_stream, meta, refuse, refused, request_id
 from .identity import caller_name
 from .masking import masker_for
 from .pan import Masker
+from .periodic import Periodic
 from .policy import Policy
 from .webhook import Notifier, check_url, message
 
@@ -61,7 +62,7 @@ def request_digest(req) -> str:
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
 
 
-class Approval(Component):
+class Approval(Periodic, Component):
     """Holds or refuses requests under an approval rule until named approvers decide."""
 
     def __init__(self, store):
@@ -71,7 +72,6 @@ class Approval(Component):
         self.after: dict[str, dict] = {}  # flow id -> masked request, put back once the flow completed
         self.masker = Masker()
         self.notifier = Notifier()
-        self._task = None
         store.subscribe(self._policy_changed)
         events.subscribe(self._event)
 
@@ -91,20 +91,16 @@ class Approval(Component):
     def _policy_changed(self, policy: Policy) -> None:
         self.masker = masker_for(policy)
 
-    def running(self):
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._expire_grants())
+    period = 0.5
 
     def done(self):
-        if self._task:
-            self._task.cancel()
+        super().done()
         events.unsubscribe(self._event)
 
-    async def _expire_grants(self):
-        while True:
-            await asyncio.sleep(0.5)
-            for p in self.ledger.expire():
-                self._emit("approval_timed_out", p)
+    async def tick(self):
+        """Grants and grant requests past their time end here (holds time out in their own wait)."""
+        for p in self.ledger.expire():
+            self._emit("approval_timed_out", p)
 
     # ------------------------------------------------------------------ data path
 

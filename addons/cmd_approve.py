@@ -13,14 +13,12 @@ import os
 import sys
 import urllib.error
 import urllib.request
-from pathlib import Path
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .control import sign_call
-from .tokens import keygen
+from .keyfiles import keygen_command, read_private
 from .webhook import is_loopback
 
 DEFAULT_CONTROL = "http://127.0.0.1:8089"
@@ -50,26 +48,14 @@ def register(sub) -> None:
 
 
 def _keygen(args) -> int:
-    try:
-        pub = keygen(args.key)
-    except FileExistsError:
-        print(f"{args.key} exists; not overwritten", file=sys.stderr)
-        return 1
-    print(f"private key: {args.key} (keep it to yourself)\npublic key: {pub}\n"
-          f"in policies.yaml:  approvers: {{YOUR_NAME: {{public_key_file: {pub}}}}}")
-    return 0
+    return keygen_command(args.key, "keep the private key to yourself; in policies.yaml:  "
+                                    "approvers: {{YOUR_NAME: {{public_key_file: {pub}}}}}")
 
 
 def _load_key(path: str | None) -> ed25519.Ed25519PrivateKey:
     if not path:
         raise ValueError("no approver key: set PANGATE_APPROVER_KEY_FILE (or --key-file)")
-    try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the approver key {path}: {e}") from None
-    if not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key (make one with `pangate approver keygen`)")
-    return key
+    return read_private(path, "approver key", " (make one with `pangate approver keygen`)")
 
 
 def _call(args) -> int:

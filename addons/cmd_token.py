@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from .schema import parse_duration
-from .tokens import issue, keygen
+from .keyfiles import keygen_command
+from .tokens import issue
 
 
 def register(sub) -> None:
@@ -23,13 +24,7 @@ def register(sub) -> None:
 
 
 def _keygen(args) -> int:
-    try:
-        pub = keygen(args.key)
-    except FileExistsError:
-        print(f"{args.key} exists; not overwritten", file=sys.stderr)
-        return 1
-    print(f"private key: {args.key}\npublic key: {pub}")
-    return 0
+    return keygen_command(args.key)
 
 
 def _issue(args) -> int:

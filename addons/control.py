@@ -18,7 +18,6 @@ import json
 import logging
 import secrets
 import time
-from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from mitmproxy import ctx, exceptions
 
 from .approvals_model import VoteRefused
+from .keyfiles import read_public
 from .failsafe import Component
 from .policy import Policy
 
@@ -48,13 +48,7 @@ def sign_call(key: ed25519.Ed25519PrivateKey, approver: str, action: str, approv
 
 
 def load_public_key(path: str) -> ed25519.Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the approver key {path}: {e}") from None
-    if not isinstance(key, ed25519.Ed25519PublicKey):
-        raise ValueError(f"{path} is not an Ed25519 public key")
-    return key
+    return read_public(path, "approver key")
 
 
 def _raw(key) -> bytes:

@@ -18,7 +18,7 @@ from mitmproxy import ctx, exceptions
 from . import events, veil
 from .failsafe import Component, meta, refuse, refused
 from .policy import Policy
-from .revocation import file_stamp
+from .periodic import file_stamp
 from .schema import parse_duration
 from .tokens import IssuerConfig, Principal, TokenError, Verifier, parse_proxy_authorization
 

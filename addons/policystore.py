@@ -6,22 +6,20 @@ force, the error is logged with file and line, and an alert is raised.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 
 from mitmproxy import ctx, exceptions
 
 from . import events
 from .failsafe import Component
+from .periodic import Periodic, file_stamp
 from .policy import Policy, load_policy
 from .yamlpos import PolicyError
 
 log = logging.getLogger("pangate")
-POLL_SECONDS = 0.25
 
 
-class PolicyStore(Component):
+class PolicyStore(Periodic, Component):
     """Loads `pangate_policy` and tells the other addons when it changes."""
 
     def __init__(self):
@@ -30,7 +28,6 @@ class PolicyStore(Component):
         self.problem = "no policy is loaded"
         self.problem_code = "policy_unavailable"
         self._stamp = None
-        self._task = None
         self._listeners = []
 
     def load(self, loader):
@@ -51,23 +48,8 @@ class PolicyStore(Component):
                     self.problem = f"no policy is loaded: {e}"
                 raise exceptions.OptionsError(str(e)) from None
 
-    def running(self):
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    def done(self):
-        if self._task:
-            self._task.cancel()
-
-    def _file_stamp(self, path: str):
-        try:
-            st = os.stat(path)
-            return (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            return None
-
     def _load(self, path: str) -> None:
-        stamp = self._file_stamp(path)
+        stamp = file_stamp(path)
         policy = load_policy(path)
         old = self.policy
         try:
@@ -86,20 +68,18 @@ class PolicyStore(Component):
                     previous=old.digest if old else None)
         log.info("pangate policy loaded from %s (sha256 %s)", path, policy.digest[:16])
 
-    async def _watch(self):
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            path = ctx.options.pangate_policy
-            stamp = self._file_stamp(path)
-            if stamp == self._stamp:
-                continue
-            try:
-                self._load(path)
-            except (PolicyError, ValueError) as e:
-                self._stamp = stamp  # report a broken file once, not every poll
-                log.error("pangate policy NOT reloaded, the last good one stays in force: %s", e)
-                events.emit("policy_rejected", alert=True, path=path, error=str(e))
-            except Exception as e:  # a listener failed: keep the last good policy
-                self._stamp = stamp
-                log.error("pangate policy NOT reloaded: %s: %s", type(e).__name__, e)
-                events.emit("policy_rejected", alert=True, path=path, error=f"{type(e).__name__}: {e}")
+    async def tick(self):
+        path = ctx.options.pangate_policy
+        stamp = file_stamp(path)
+        if stamp == self._stamp:
+            return
+        try:
+            self._load(path)
+        except (PolicyError, ValueError) as e:
+            self._stamp = stamp  # report a broken file once, not every poll
+            log.error("pangate policy NOT reloaded, the last good one stays in force: %s", e)
+            events.emit("policy_rejected", alert=True, path=path, error=str(e))
+        except Exception as e:  # a listener failed: keep the last good policy
+            self._stamp = stamp
+            log.error("pangate policy NOT reloaded: %s: %s", type(e).__name__, e)
+            events.emit("policy_rejected", alert=True, path=path, error=f"{type(e).__name__}: {e}")

@@ -10,7 +10,6 @@ The file holds names and token ids, never a token.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
@@ -25,9 +24,9 @@ from mitmproxy import ctx, exceptions
 
 from . import events
 from .failsafe import Component
+from .periodic import Periodic, file_stamp
 
 log = logging.getLogger("pangate")
-POLL_SECONDS = 0.25
 DEFAULT_PATH = "var/revocations.json"
 _NAME = re.compile(r"^[\w.:@/+=-]{1,200}$", re.ASCII)  # names and JWT ids: no spaces or controls
 
@@ -109,13 +108,12 @@ def entry(reason: str | None) -> dict:
     return {"at": round(time.time(), 3), "reason": reason or "revoked by an operator"}
 
 
-class Revocations(Component):
+class Revocations(Periodic, Component):
     """Loads `pangate_revocations`, reloads it on change, and answers is_revoked()."""
 
     def __init__(self):
         self.current = RevocationList()
         self._stamp = None
-        self._task = None
         self.problem_code = "revocations_unavailable"
 
     def load(self, loader):
@@ -128,14 +126,6 @@ class Revocations(Component):
                 self._load(ctx.options.pangate_revocations, announce=False)
             except ValueError as e:
                 raise exceptions.OptionsError(f"pangate revocations: {e}") from None
-
-    def running(self):
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
-
-    def done(self):
-        if self._task:
-            self._task.cancel()
 
     def is_revoked(self, caller) -> str | None:
         """Why the caller's identity or token is revoked, or None."""
@@ -167,15 +157,13 @@ class Revocations(Component):
         for jti in old.jtis.keys() - new.jtis.keys():
             events.emit("unrevoked", identity=None, jti=jti)
 
-    async def _watch(self):
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            try:
-                self.poll()
-            except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching
-                self.healthy, self._stamp = False, None
-                self.problem = f"the revocation list could not be checked ({type(e).__name__})"
-                log.exception("pangate revocation watcher")
+    async def tick(self):
+        try:
+            self.poll()
+        except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching
+            self.healthy, self._stamp = False, None
+            self.problem = f"the revocation list could not be checked ({type(e).__name__})"
+            log.exception("pangate revocation watcher")
 
     def poll(self) -> None:
         """Reload the list if its file changed."""
@@ -202,10 +190,3 @@ class Revocations(Component):
             events.emit("revocations_rejected", alert=True, path=path, error=str(e))
 
 
-def file_stamp(path: str):
-    """Changes whenever the file is replaced or rewritten."""
-    try:
-        st = os.stat(path)
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
-    except OSError:
-        return None

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from .keyfiles import read_public
+
 log = logging.getLogger("pangate.tokens")
 
 MAX_TOKEN_LEN = 16 * 1024  # far above any real JWT; caps parsing/hashing work
@@ -332,11 +334,9 @@ class Verifier:
     @staticmethod
     def _load_public_key(path: str) -> _Key:
         try:
-            key = serialization.load_pem_public_key(Path(path).read_bytes())
-        except (OSError, ValueError) as exc:
-            raise KeyFetchError(f"cannot read public key {path}: {exc}") from exc
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise KeyFetchError(f"{path} is not an Ed25519 public key")
+            key = read_public(path, "public key")
+        except ValueError as exc:
+            raise KeyFetchError(str(exc)) from None
         return _Key(ed25519_kid(key), "EdDSA", key)
 
     # -- verification (pure CPU) --
