@@ -11,9 +11,10 @@ from .failsafe import Component, meta, refuse, refused, request_id, stop_message
 
 log = logging.getLogger("pangate")
 
-# mitmproxy options that would let traffic past pangate's checks, and why.
+# mitmproxy options that would let traffic past pangate's checks, and why. Any
+# option named *_insecure (upstream TLS verification off) is refused as well.
+INSECURE = "upstream TLS is always verified: give the upstream's CA in ssl_verify_upstream_trusted_ca"
 BYPASS_OPTIONS = {
-    "ssl_insecure": "upstream TLS is always verified: give the upstream's CA in ssl_verify_upstream_trusted_ca",
     "ignore_hosts": "ignored hosts are tunnelled without being decided, masked or recorded",
     "allow_hosts": "hosts outside allow_hosts are tunnelled without being decided, masked or recorded",
     "tcp_hosts": "raw TCP is relayed without being decided, masked or recorded",
@@ -30,9 +31,10 @@ class Guard(Component):
         self.components = components
 
     def configure(self, updated):
-        for name in BYPASS_OPTIONS.keys() & set(updated):
-            if getattr(ctx.options, name, None):
-                raise exceptions.OptionsError(f"pangate refuses {name}: {BYPASS_OPTIONS[name]}")
+        for name in set(updated):
+            why = BYPASS_OPTIONS.get(name) or (INSECURE if name.endswith("_insecure") else None)
+            if why and getattr(ctx.options, name, None):
+                raise exceptions.OptionsError(f"pangate refuses {name}: {why}")
         if "rawtcp" in updated and ctx.options.rawtcp:
             # On by default: non-HTTP bytes in a tunnel would be relayed raw. Off, they fail HTTP parsing.
             ctx.options.update(rawtcp=False)

@@ -37,7 +37,6 @@ import logging
 import os
 import zlib
 
-from mitmproxy import ctx
 
 from .failsafe import Component, DropUpstreamBody, abort_connections, may_stream, meta, refuse, refused, safe_traceback
 from .pan import Masker

@@ -147,7 +147,7 @@ def _table_md(res: dict) -> list[str]:
 
 def markdown(res: dict, analysis: str) -> str:
     e = res["env"]
-    s = [f"# Performance: pangate vs bare mitmdump\n",
+    s = ["# Performance: pangate vs bare mitmdump\n",
          f"Produced by `{res['command']}` on {res['started']} in {res['elapsed_s']:.0f} s "
          f"({e['cpus']} cores, {e['cpu']}; Linux {e['kernel']}; Python {e['python']}, mitmproxy {e['mitmproxy']}, "
          f"{e['nginx']}, {e['hey']}). Raw results of each run: `docs/bench/latest.json` and "

@@ -200,3 +200,18 @@ class WebAPI:
         r = self.s.request(method, self.base + path, headers={"X-XSRFToken": self.xsrf}, **kw)
         r.raise_for_status()
         return r
+
+
+def open_tunnel(gw: "Gateway", target: str, proxy_auth: str, server_hostname: str | None = None):
+    """A CONNECT tunnel through the gateway with TLS to its interception certificate, as a raw
+    socket: for what real clients would not send (odd targets, other SNI, websockets by hand)."""
+    import ssl
+
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {proxy_auth}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    ctx = ssl.create_default_context(cafile=gw.ca_cert)
+    return ctx.wrap_socket(sock, server_hostname=server_hostname or target.rsplit(":", 1)[0])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import threading
 import time
@@ -13,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import requests
 
 from pangate.demo_upstream import TEST_PANS, charges
 from pangate.pan import find_pans
@@ -259,7 +257,7 @@ def test_mitmweb_resume_without_ui_resume_keeps_holding(web, upstream, mint, key
         fut, aid, rid = _send(pool, web, upstream, mint, "PUT", "/v1/vault/k1", json={"v": 1})
         fid, _ = _flow_id(api, aid)
         api.call("POST", f"/flows/{fid}/resume")
-        web.log.wait_for(rf"mitmweb resume ignored", start=mark)
+        web.log.wait_for(r"mitmweb resume ignored", start=mark)
         assert _events(web, "approval_ui_resume_refused", aid)
         assert not fut.done() and api.get("/flows").json() and _flow_id(api, aid)[1]["intercepted"]
         res = _cli(web, keys, "deny", aid, "--reason", "not today", who="bob")

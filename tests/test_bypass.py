@@ -8,18 +8,11 @@ import ssl
 
 import pytest
 
+from harness import open_tunnel
+
 
 def _tunnel(gw, target: str, token: str) -> ssl.SSLSocket:
-    """A CONNECT tunnel with TLS to the gateway's interception certificate, as a raw socket."""
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
-    auth = base64.b64encode(f"reader:{token}".encode()).decode()
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {auth}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    ctx = ssl.create_default_context(cafile=gw.ca_cert)
-    return ctx.wrap_socket(sock, server_hostname=target.split(":")[0])
+    return open_tunnel(gw, target, "Basic " + base64.b64encode(f"reader:{token}".encode()).decode())
 
 
 def _read_all(tls: ssl.SSLSocket) -> bytes:
@@ -43,7 +36,7 @@ def test_non_http_bytes_in_a_tunnel_are_not_relayed(gateway, upstream, mint):
 
 
 @pytest.mark.parametrize("option,value,tool", [("ignore_hosts", "example\\.com", "mitmdump"),
-                                               ("ssl_insecure", "true", "mitmdump"), ("tcp_hosts", ".*", "mitmdump"),
+                                               ("tcp_hosts", ".*", "mitmdump"),
                                                ("intercept", "~q", "mitmweb")])  # mitmdump has no intercept
 def test_options_that_bypass_the_checks_stop_the_gateway(start_gateway, option, value, tool):
     gw = start_gateway(options={option: value}, tool=tool, wait_live=False)

@@ -6,7 +6,6 @@ import shutil
 
 from mitmproxy.test import tflow
 
-from pangate import failsafe
 from pangate.failsafe import Component
 
 from harness import ROOT

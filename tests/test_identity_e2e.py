@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import socket
-import ssl
 import subprocess
 import threading
 import time
@@ -25,7 +24,7 @@ from pangate.demo_upstream import DemoUpstream, Handler
 from pangate.pki import make_ca, make_leaf
 
 from conftest import json_body, raw_connect
-from harness import VENV_BIN, WebAPI
+from harness import VENV_BIN, WebAPI, open_tunnel
 from jwks_issuer import JwksIssuer
 
 API_KEY = "ak_e2e_" + secrets.token_hex(12)
@@ -353,16 +352,8 @@ def test_host_header_that_differs_from_the_tunnel_is_refused(gw, upstream, mint)
 
 
 def test_sni_that_differs_from_the_tunnel_is_refused(gw, upstream, mint):
-    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
     target = f"localhost:{upstream.port}"
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-                 f"Proxy-Authorization: {_basic('pg-reader', mint('pg-reader'))}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    ctx = ssl.create_default_context(cafile=gw.ca_cert)
-    with ctx.wrap_socket(sock, server_hostname="pay.example.org") as tls:
+    with open_tunnel(gw, target, _basic("pg-reader", mint("pg-reader")), "pay.example.org") as tls:
         tls.sendall(f"GET /echo HTTP/1.1\r\nHost: {target}\r\nX-Mark: fronted-sni\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while chunk := tls.recv(65536):

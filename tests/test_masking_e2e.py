@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import socket
 import ssl
 import threading
 import zlib
@@ -29,6 +28,7 @@ from pangate.masking import mask_body
 from pangate.pan import Masker, find_pans
 
 from conftest import UPSTREAM_SECRET
+from harness import open_tunnel
 from pan_corpus import FALSE_POSITIVES, carrier_docs, corpus_pans, raw_pans_in
 from pan_upstream import PanUpstream, send, send_chunked
 
@@ -392,16 +392,8 @@ def _ws_handler(up):
 
 
 def _ws_client(gw, token, host, port, path):
-    s = socket.create_connection(("127.0.0.1", gw.port), timeout=15)
     auth = base64.b64encode(f"app:{token}".encode()).decode()
-    s.sendall(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-              f"Proxy-Authorization: Basic {auth}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += s.recv(4096)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    ctx = ssl.create_default_context(cafile=gw.ca_cert)
-    tls = ctx.wrap_socket(s, server_hostname=host)
+    tls = open_tunnel(gw, f"{host}:{port}", f"Basic {auth}")
     ws = WSConnection(ConnectionType.CLIENT)
     tls.sendall(ws.send(Request(host=host, target=path)))
     return tls, ws

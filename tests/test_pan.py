@@ -10,7 +10,7 @@ import pytest
 from pangate.pan import (Masker, PanMatch, brand_of, contains_pan, find_pans, luhn_ok,
                          url_contains_pan)
 from pan_corpus import (FALSE_POSITIVES, break_luhn, dense_csv_rows, in_formats, luhn_digit,
-                        make_pan, separator_styles, valid_pans)
+                        separator_styles, valid_pans)
 
 M = Masker()
 KEY = b"k" * 32
