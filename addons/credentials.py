@@ -12,6 +12,7 @@ import base64
 import logging
 import os
 from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +35,17 @@ class Secret:
 
     def __repr__(self) -> str:  # never let a secret reach a log line by accident
         return f"Secret({self.credential.type}, <redacted>)"
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """Every spelling of the secret that can come back: as read, and as put on the wire."""
+        out = [self.value]
+        if self.credential.type == "basic":
+            out.append(base64.b64encode(self.value.encode()).decode())
+        elif self.credential.type == "query":
+            out.append(quote(self.value, safe=""))
+            out.append(quote_plus(self.value))
+        return tuple(dict.fromkeys(f for f in out if f))
 
 
 @dataclass(frozen=True)
@@ -203,12 +215,21 @@ class Credentials(Component):
         secret = self.secrets.get(dest) if dest else None
         if secret is None or flow.response is None:
             return
-        needle = secret.value.encode()
-        for k, v in list(flow.response.headers.items(multi=True)):
-            if secret.value in v:
-                flow.response.headers.set_all(k, [x.replace(secret.value, "*" * len(secret.value))
-                                                  for x in flow.response.headers.get_all(k)])
+        forms = secret.forms
+        for k in list(flow.response.headers.keys()):
+            values = flow.response.headers.get_all(k)
+            redacted = [_redact(v, forms) for v in values]
+            if redacted != values:
+                flow.response.headers.set_all(k, redacted)
         body = flow.response.get_content(strict=True)
-        if body and needle in body:
-            flow.response.set_content(body.replace(needle, b"*" * len(needle)))
+        if body and any(f.encode() in body for f in forms):
+            flow.response.set_content(_redact(body, tuple(f.encode() for f in forms)))
             meta(flow)["credential"]["echo_redacted"] = True
+
+
+def _redact(value, forms):
+    """Each spelling of the secret replaced by stars of its length (lengths and framing stay valid)."""
+    star = "*" if isinstance(value, str) else b"*"
+    for f in forms:
+        value = value.replace(f, star * len(f))
+    return value

@@ -341,7 +341,7 @@ class Masking(Component):
     def _secrets_of(self, flow) -> tuple[bytes, ...]:
         dest = (meta(flow).get("credential") or {}).get("destination")
         secret = getattr(self.credentials, "secrets", {}).get(dest) if dest else None
-        return (secret.value.encode(),) if secret is not None else ()
+        return tuple(f.encode() for f in secret.forms) if secret is not None else ()
 
     async def response(self, flow):
         resp = flow.response

@@ -301,7 +301,7 @@ class Recorder(Component):
         for d in (policy.destinations.values() if policy else ()):
             if d.credential is not None and d.credential.name:
                 (params if d.credential.type == "query" else headers).add(d.credential.name)
-        secrets = [s.value for s in secret_map.values()] if secret_map else []
+        secrets = [f for s in secret_map.values() for f in s.forms] if secret_map else []
         scrubber = Scrubber(secrets=secrets, header_names=headers, query_names=params)
         self._scrubber = (policy, secret_map, scrubber)
         return scrubber

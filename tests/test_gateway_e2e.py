@@ -152,3 +152,18 @@ def test_undecodable_body_is_refused_not_forwarded(gateway, upstream, mint):
     assert doc["code"] == "internal_error" and doc["request_id"]
     rec = gateway.records_for(doc["request_id"])[0]
     assert rec["outcome"] == "error" and rec["failed_hook"].endswith(".response")
+
+
+def test_echoed_credential_is_redacted_in_its_wire_form(start_gateway, token_key, upstream, mint):
+    """A basic credential goes out base64-encoded: an upstream echoing that must not leak it."""
+    from conftest import policy_text
+
+    policy = policy_text(token_key, upstream.port).replace("type: bearer\n      env: UPSTREAM_KEY",
+                                                           "type: basic\n      env: UPSTREAM_KEY")
+    gw = start_gateway(policy=policy, env={"UPSTREAM_KEY": "svc-user:" + UPSTREAM_SECRET})
+    r = gw.session("reader", mint("reader")).get(_url(upstream, "/echo"), headers={"X-Mark": "basic-echo"})
+    assert r.status_code == 200
+    wire = base64.b64encode(f"svc-user:{UPSTREAM_SECRET}".encode()).decode()
+    seen = [x for x in upstream.received if x["headers"].get("X-Mark") == "basic-echo"][-1]
+    assert seen["headers"]["Authorization"] == f"Basic {wire}"
+    assert wire not in r.text and UPSTREAM_SECRET not in r.text
