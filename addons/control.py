@@ -87,7 +87,7 @@ class Verifier:
         except (InvalidSignature, ValueError):
             raise CallRefused(401, "bad signature") from None
         now = self.clock()
-        if abs(now - ts) > MAX_SKEW:
+        if not abs(now - ts) <= MAX_SKEW:  # NaN compares false both ways: refused too
             raise CallRefused(401, "the call is too old or from the future (check the clock)")
         self.seen = {n: t for n, t in self.seen.items() if t > now - 2 * MAX_SKEW}
         if nonce in self.seen:
@@ -203,7 +203,7 @@ class Control(Component):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             status, doc = await asyncio.wait_for(self._handle(reader), 10)
-        except (TimeoutError, asyncio.IncompleteReadError, ValueError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             status, doc = 400, {"error": "bad_request", "reason": "could not read the request"}
         body = json.dumps(doc, indent=1).encode() + b"\n"
         reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict"}

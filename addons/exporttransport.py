@@ -16,6 +16,7 @@ import sys
 from urllib.parse import parse_qs, urlsplit
 
 HOSTNAME = socket.gethostname() or "-"
+from .webhook import is_loopback
 
 
 class ExportError(Exception):
@@ -212,6 +213,9 @@ def parse_url(url: str) -> tuple[str, dict]:
             args.update(tls=True, ca=ca)
         return kind, args
     tls = not kind.endswith("+http")
+    if not tls and not is_loopback(u.hostname or ""):
+        # A token and every audit record in clear: only to a collector on this machine.
+        raise ExportError(f"{kind}:// sends records and the token unencrypted: only to a loopback collector")
     if kind.startswith("hec"):
         if token is None:
             raise ExportError("hec:// needs token_env=VARIABLE holding the HEC token")

@@ -263,6 +263,8 @@ def test_resume_after_restart_from_state(start_gateway, collectors, upstream, mi
     ("hec://h:1/services/collector?token_env=PANGATE_NO_SUCH_VAR", "is not set"),
     ("es://h:9200", "index name"),
     ("hec://user:pw@h:1/x?token_env=HOME", "no credentials"),
+    ("hec+http://collector.example:8088/services/collector?token_env=HOME", "only to a loopback"),
+    ("es+http://collector.example:9200/pangate", "only to a loopback"),
 ])
 def test_bad_export_urls_are_refused(url, why):
     with pytest.raises(ExportError, match=why):
