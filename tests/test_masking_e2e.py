@@ -489,3 +489,28 @@ def test_saved_flows_hold_no_raw_pan(gw, gws):
             except FlowReadException:
                 pass  # the file's last flow may still be being written
     assert seen > 50
+
+
+def test_open_websocket_stops_when_the_gateway_script_breaks(start_gateway, token_key, up, mint, tmp_path):
+    """An open websocket must not keep relaying, unmasked, once the controls are unloaded."""
+    import shutil
+
+    from harness import ROOT
+
+    script = tmp_path / "gateway.py"
+    shutil.copy(ROOT / "addons" / "gateway.py", script)
+    gw = start_gateway(policy=_policy(token_key, up), script=script)
+    up.routes["/ws"] = _ws_handler(up)
+    tls, ws = _ws_client(gw, mint("app"), "localhost", up.port, "/ws")
+    assert any(isinstance(e, AcceptConnection) for e in _ws_recv(tls, ws))
+    assert _ws_next_text(tls, ws) == "server says 4111 11** **** 1111 at 1732800000000"
+    mark = gw.log.mark()
+    script.write_text(script.read_text() + "\nthis is not python\n")
+    gw.log.wait_for(r"error in script", start=mark)
+    n = len(up.ws_received)
+    tls.sendall(ws.send(TextMessage(data="pay with 5500 0000 0000 0004")))
+    try:
+        assert _ws_next_text(tls, ws) is None  # cut: nothing relayed back, masked or not
+    except (ConnectionError, ssl.SSLError):
+        pass
+    assert up.ws_received[n:] == []
