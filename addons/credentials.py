@@ -20,7 +20,7 @@ from mitmproxy import ctx
 
 from . import veil
 from .decide import destinations_for
-from .failsafe import Component, meta, refuse, refused
+from .failsafe import Component, may_stream, meta, refuse, refused
 from .policy import Credential, Policy
 
 log = logging.getLogger("pangate")
@@ -142,8 +142,26 @@ class Credentials(Component):
 
     def requestheaders(self, flow):
         # A streamed request's headers leave before `request`: inject now.
-        if flow.request.stream:
+        if flow.request.stream or may_stream(flow):
             self.request(flow)
+
+    def responseheaders(self, flow):
+        """Headers echoing the credential, redacted before a streamed body starts them on their way."""
+        secret = self.secret_sent(flow)
+        if secret is not None and flow.response is not None:
+            self._redact_headers(flow.response.headers, secret.forms)
+
+    def secret_sent(self, flow) -> "Secret | None":
+        dest = (meta(flow).get("credential") or {}).get("destination")
+        return self.secrets.get(dest) if dest else None
+
+    @staticmethod
+    def _redact_headers(headers, forms) -> None:
+        for k in list(headers.keys()):
+            values = headers.get_all(k)
+            redacted = [_redact(v, forms) for v in values]
+            if redacted != values:
+                headers.set_all(k, redacted)
 
     def request(self, flow):
         if refused(flow) or "credential" in meta(flow):
@@ -211,16 +229,11 @@ class Credentials(Component):
 
     def response(self, flow):
         """A backend that echoes the credential must not hand it to the workload."""
-        dest = (meta(flow).get("credential") or {}).get("destination")
-        secret = self.secrets.get(dest) if dest else None
+        secret = self.secret_sent(flow)
         if secret is None or flow.response is None:
             return
         forms = secret.forms
-        for k in list(flow.response.headers.keys()):
-            values = flow.response.headers.get_all(k)
-            redacted = [_redact(v, forms) for v in values]
-            if redacted != values:
-                flow.response.headers.set_all(k, redacted)
+        self._redact_headers(flow.response.headers, forms)
         body = flow.response.get_content(strict=True)
         if body and any(f.encode() in body for f in forms):
             flow.response.set_content(_redact(body, tuple(f.encode() for f in forms)))

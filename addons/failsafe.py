@@ -73,6 +73,11 @@ def may_stream(flow, response: bool = False) -> bool:
     limit = human.parse_size(getattr(ctx.options, "stream_large_bodies", None) or None)
     if limit is None:
         return False
+    msg = flow.response if response else flow.request
+    if (msg.is_http2 or msg.is_http3) and "content-length" not in msg.headers:
+        # HTTP/2 frames carry no length up front (mitmproxy reads it as 0): a body may
+        # follow, of any size. Only a request method that never has a body is exempt.
+        return response or flow.request.method not in ("GET", "HEAD")
     try:
         size = expected_http_body_size(flow.request, flow.response if response else None)
     except ValueError:

@@ -157,7 +157,6 @@ def stream_decoder(content_encoding: str):
     return DECODERS[enc]()
 
 
-# ---- streaming: end a flow from inside a stream callable -----------------------------
 # ---- the stream callable ---------------------------------------------------------------
 class BodyStream:
     """flow.response.stream: decode, mask, emit; b"" marks the end (flush).
@@ -339,8 +338,7 @@ class Masking(Component):
         meta(flow)["streamed"] = True
 
     def _secrets_of(self, flow) -> tuple[bytes, ...]:
-        dest = (meta(flow).get("credential") or {}).get("destination")
-        secret = getattr(self.credentials, "secrets", {}).get(dest) if dest else None
+        secret = self.credentials.secret_sent(flow) if self.credentials is not None else None
         return tuple(f.encode() for f in secret.forms) if secret is not None else ()
 
     async def response(self, flow):
@@ -356,8 +354,12 @@ class Masking(Component):
         count = mask_headers(self.masker, resp.headers)
         if resp.raw_content and len(resp.raw_content) > OFFLOAD_BYTES:
             # A big body is decoded, scanned and re-encoded on a worker thread, so the
-            # event loop keeps serving other flows meanwhile (no 100 ms stalls).
-            count += await asyncio.to_thread(mask_response_body, self.masker, resp)
+            # event loop keeps serving other flows meanwhile (no 100 ms stalls). It is
+            # taken out of the flow meanwhile: mitmweb must not read it unmasked.
+            work = resp.copy()
+            resp.raw_content = b""
+            count += await asyncio.to_thread(mask_response_body, self.masker, work)
+            flow.response = resp = work
         else:
             count += mask_response_body(self.masker, resp)
         meta(flow)["response_masked"] = True  # the recorder need not scan it again

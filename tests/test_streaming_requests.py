@@ -45,3 +45,13 @@ def test_streamed_request_needing_approval_is_refused_not_sent(gw, upstream, min
     rid = gw.log.wait_for(r"pangate refused request (\S+) \(approval_needs_buffering\)", start=mark).group(1)
     assert gw.records_for(rid)[0]["code"] == "approval_needs_buffering"
     assert not any(x["path"] == "/v1/exports" for x in upstream.received[before:])
+
+
+def test_streamed_response_echoing_the_credential_in_a_header_is_redacted(gw, upstream, mint):
+    def echo_header(handler, seen):
+        return 200, b"x" * 5000, "text/plain", {"X-Debug-Auth": seen["headers"].get("Authorization", "")}
+    upstream.routes["/v1/echo-header"] = echo_header
+    r = gw.session("writer", mint("writer")).post(f"https://localhost:{upstream.port}/v1/echo-header",
+                                                  data=b"{}", timeout=30)
+    assert r.status_code == 200 and len(r.content) == 5000
+    assert UPSTREAM_SECRET not in r.headers["X-Debug-Auth"] and r.headers["X-Debug-Auth"].endswith("****")
