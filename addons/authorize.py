@@ -16,6 +16,8 @@ def request_facts(flow, identity: str) -> Request:
     """The decision's input, from where the request really goes (not what it claims)."""
     req = flow.request
     path, _, query = req.path.partition("?")  # not urlsplit: "//admin/x" is a path here, not a netloc
+    if "#" in query:  # a raw fragment after the query: judged with the path (refused there)
+        path += "#"
     return Request(
         identity=identity,
         scheme=req.scheme,
@@ -81,6 +83,11 @@ class Authorize(Component):
         m = meta(flow)
         if refused(flow) or "destination" not in m:
             return
+        req = flow.request
+        if (req.is_http2 or req.is_http3) and req.raw_content and "content-length" not in req.headers:
+            # Relayed to an HTTP/1 upstream, a body without its length would be read as
+            # the start of another request, one nobody decided.
+            req.headers["content-length"] = str(len(req.raw_content))
         facts = request_facts(flow, caller_name(flow))
         d = m["destination"]
         if (facts.scheme, facts.host, facts.port) != (d["scheme"], d["host"], d["port"]):

@@ -21,6 +21,15 @@ BYPASS_OPTIONS = {
     "udp_hosts": "raw UDP is relayed without being decided, masked or recorded",
     "intercept": "an intercept pauses flows after the credential is injected and lets them be edited "
                  "unchecked: use approval rules in the policy instead",
+    "map_remote": "requests would be sent elsewhere than where they were decided",
+    "map_local": "responses would be made up by the proxy instead of the destination",
+    "modify_headers": "requests and responses would be rewritten outside the checks",
+    "modify_body": "requests and responses would be rewritten outside the checks",
+}
+# ...and options that must stay on.
+REQUIRED_OPTIONS = {
+    "validate_inbound_headers": "requests with both Content-Length and Transfer-Encoding are how requests "
+                                "are smuggled past a check",
 }
 
 
@@ -35,6 +44,8 @@ class Guard(Component):
             why = BYPASS_OPTIONS.get(name) or (INSECURE if name.endswith("_insecure") else None)
             if why and getattr(ctx.options, name, None):
                 raise exceptions.OptionsError(f"pangate refuses {name}: {why}")
+            if name in REQUIRED_OPTIONS and not getattr(ctx.options, name, True):
+                raise exceptions.OptionsError(f"pangate needs {name} on: {REQUIRED_OPTIONS[name]}")
         if "rawtcp" in updated and ctx.options.rawtcp:
             # On by default: non-HTTP bytes in a tunnel would be relayed raw. Off, they fail HTTP parsing.
             ctx.options.update(rawtcp=False)

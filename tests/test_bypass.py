@@ -36,11 +36,17 @@ def test_non_http_bytes_in_a_tunnel_are_not_relayed(gateway, upstream, mint):
 
 
 @pytest.mark.parametrize("option,value,tool", [("ignore_hosts", "example\\.com", "mitmdump"),
-                                               ("tcp_hosts", ".*", "mitmdump"),
+                                               ("tcp_hosts", ".*", "mitmdump"), ("map_remote", "|.*|x|y", "mitmdump"),
                                                ("intercept", "~q", "mitmweb")])  # mitmdump has no intercept
 def test_options_that_bypass_the_checks_stop_the_gateway(start_gateway, option, value, tool):
     gw = start_gateway(options={option: value}, tool=tool, wait_live=False)
     gw.log.wait_for(rf"pangate refuses {option}")
+    assert gw.proc.wait(20) != 0
+
+
+def test_request_smuggling_guard_cannot_be_switched_off(start_gateway):
+    gw = start_gateway(options={"validate_inbound_headers": "false"}, wait_live=False)
+    gw.log.wait_for(r"pangate needs validate_inbound_headers on")
     assert gw.proc.wait(20) != 0
 
 
