@@ -60,8 +60,6 @@ def decide(policy: Policy, req: Request) -> Decision:
     if identity is None:
         return Decision(False, "unknown_identity", f"identity {req.identity!r} is not in the policy")
     problem = unsafe_path(req.path)
-    if not problem and any("#" in k or "#" in v for k, v in req.query):
-        problem = "the request target has a fragment, which servers read differently: refused"
     if problem:
         return Decision(False, "unsafe_path", problem)
     host = req.host.lower().rstrip(".")
@@ -128,8 +126,11 @@ def unsafe_path(path: str) -> str | None:
     """
     if not path.startswith("/"):
         return f"the request target {path[:80]!r} is not an origin-form path"
+    for bad, why in (("#", "a fragment"), (";", "a ; parameter")):  # as sent: %23 and %3B are data
+        if bad in path:
+            return f"the request path has {why}, which servers read differently: refused"
     decoded = unquote(path)
-    for bad, why in (("#", "a fragment"), ("\\", "a backslash"), (";", "a ; parameter"), ("\x00", "a NUL byte")):
+    for bad, why in (("\\", "a backslash"), ("\x00", "a NUL byte")):  # encoded too: servers decode first
         if bad in decoded:
             return f"the request path has {why}, which servers read differently: refused"
     if "//" in decoded or "/./" in decoded + "/" or "/../" in decoded + "/":
@@ -185,16 +186,26 @@ def query_triggers(rules: tuple[QueryRule, ...], query: tuple[tuple[str, str], .
     cannot hide the value a server will use.
     """
     for rule in rules:
-        values = [v for k, v in query if k == rule.param]
+        name = rule.param.lower()
+        values = [v for k, v in query if k.lower().removesuffix("[]") == name]
         if rule.op == "present":
             hit = bool(values)
         elif rule.op == "absent":
             hit = not values
         else:
-            hit = any(_holds(rule, v) for v in values)
+            hit = any(_holds(rule, v) or (rule.op in ("<", "<=", ">", ">=") and not _number(v)) for v in values)
         if not hit:
             return False
     return True
+
+
+def _number(value: str) -> bool:
+    """A value we read as a number; servers read 5000abc or 0x1388 their own way."""
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
 
 
 def path_triggers(pattern: str, path: str) -> bool:

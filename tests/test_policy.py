@@ -62,6 +62,8 @@ def policy():
     ({"path": "/v1/charges\\..\\admin"}, False, "unsafe_path"),
     ({"path": "/v1/charges#frag"}, False, "unsafe_path"),
     ({"path": "/v1/charges/ch%5F1"}, True, "allowed"),
+    ({"path": "/v1/charges/ch%23vip"}, True, "allowed"),  # an encoded # is data, not a fragment
+    ({"path": "/v1/charges/a%5Cb"}, False, "unsafe_path"),
     ({"query": (("limit", "100"),)}, True, "allowed"),
     ({"query": (("limit", "101"),)}, False, "no_rule"),
     ({"query": (("limit", "10"), ("limit", "1000"))}, False, "no_rule"),
@@ -103,6 +105,7 @@ def test_approval_triggers_cannot_be_dodged():
 
     big = (QueryRule("limit", ">", 50.0, 1),)
     assert query_triggers(big, (("limit", "1"), ("limit", "5000")))  # any value counts
+    assert query_triggers(big, (("limit", "5000abc"),)) and query_triggers(big, (("LIMIT[]", "5000"),))
     assert not query_triggers(big, (("limit", "10"),))
     assert not query_triggers(big, ())
     assert path_triggers("/v1/refunds/**", "/V1/Refunds/x") and path_triggers("/v1/charges", "/v1/charges/")
