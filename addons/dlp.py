@@ -26,6 +26,7 @@ The decisions (`reveal_for`, `outbound_pan`, `is_card_destination`) are pure.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -63,6 +64,10 @@ def is_card_destination(policy: Policy | None, destination: str | None) -> bool:
 _JSON_ESCAPE = re.compile(rb"\\u00(3[0-9]|2[0dD])")
 
 
+def _wide(body: bytes) -> bool:
+    return body[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in body[:4]
+
+
 def body_contains_pan(body: bytes, content_type: str = "") -> bool:
     """PAN check of a decoded body, read the way the receiving server will read it."""
     if not body:
@@ -70,9 +75,11 @@ def body_contains_pan(body: bytes, content_type: str = "") -> bool:
     ctype = content_type.lower()
     if "x-www-form-urlencoded" in ctype:
         return url_contains_pan(body.decode("latin-1"))
-    if "charset=utf-16" in ctype or "charset=utf-32" in ctype:
+    charset = ctype.split("charset=", 1)[1].split(";")[0].strip() if "charset=" in ctype else ""
+    if charset.startswith(("utf-16", "utf-32")) or (not charset and _wide(body)):
         try:
-            body = body.decode(ctype.split("charset=", 1)[1].split(";")[0].strip()).encode()
+            # As JSON readers do: a BOM or NUL bytes in the first four say UTF-16/32.
+            body = body.decode(charset or json.detect_encoding(body)).encode()
         except (LookupError, UnicodeDecodeError):
             return True  # unreadable to us: not sent to a non-card destination
     if b"\\u00" in body:

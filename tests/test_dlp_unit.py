@@ -13,6 +13,8 @@ from pangate.dlp import body_contains_pan
     (b'{"card": "\\u00341\\u00311 1111 1111 1111"}', "application/json", True),
     (b'{"n": "\\u0034"}', "application/json", False),
     ('{"card": "4111111111111111"}'.encode("utf-16"), "application/json; charset=utf-16", True),
+    ('{"card": "4111111111111111"}'.encode("utf-16"), "application/json", True),  # BOM, no charset
+    ('{"card": "4111111111111111"}'.encode("utf-16-le"), "application/json", True),  # NULs, no BOM
     (b"card=4111+1111+1111+1111", "application/x-www-form-urlencoded", True),
     (b'{"ts": 1732800000000}', "application/json", False),
 ])
