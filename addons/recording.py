@@ -148,11 +148,13 @@ class RecordingFiles:
             except queue.Empty:
                 item = ...
             batch = []
-            while item is not ... and len(batch) < BATCH:
+            while item is not ...:
                 if item is None:
                     stop = True
                     break
                 batch.append(item)
+                if len(batch) >= BATCH:
+                    break  # the rest waits for the next round; nothing is taken and dropped
                 try:
                     item = self.queue.get_nowait()
                 except queue.Empty:

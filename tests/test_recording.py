@@ -100,3 +100,22 @@ def test_verify_live_accepts_only_the_newest_unsigned(tmp_path):
     AuditWriter(str(audit), key).close()
     rep = verify_log(str(audit), key.public_key(), live=True, recordings=str(rec))
     assert not rep.ok and rep.kind == "missing_signature" and "flows-1" in rep.where
+
+
+def test_a_full_queue_is_written_whole(tmp_path):
+    """Batches are cut at BATCH flows; no flow between two batches is lost."""
+    from mitmproxy.io import FlowReader
+
+    from pangate.recording import BATCH
+
+    key = Ed25519PrivateKey.generate()
+    files = RecordingFiles(str(tmp_path), key, rotate_bytes=1 << 30, rotate_seconds=3600)
+    n = 2 * BATCH + 7
+    for _ in range(n):
+        files.put((_flow(), Scrubber()))
+    files.close()
+    count = 0
+    for rec in tmp_path.glob("*.mitm"):
+        with open(rec, "rb") as fh:
+            count += len(list(FlowReader(fh).stream()))
+    assert count == n
