@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+
+log = logging.getLogger("pangate")
 
 
 def file_stamp(path: str):
@@ -24,7 +27,10 @@ class Periodic:
     async def _loop(self):
         while True:
             await asyncio.sleep(self.period)
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # one bad tick must not end the job for good
+                log.exception("pangate: %s periodic job failed", type(self).__name__)
 
     async def tick(self):
         raise NotImplementedError

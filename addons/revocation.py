@@ -111,6 +111,8 @@ def entry(reason: str | None) -> dict:
 class Revocations(Periodic, Component):
     """Loads `pangate_revocations`, reloads it on change, and answers is_revoked()."""
 
+    _had_file = False  # once a list was read, a missing file is a failure, not "nothing revoked"
+
     def __init__(self):
         self.current = RevocationList()
         self._stamp = None
@@ -140,6 +142,10 @@ class Revocations(Periodic, Component):
 
     def _load(self, path: str, announce: bool = True) -> None:
         stamp = file_stamp(path)
+        if stamp is None and self._had_file:
+            # A list that existed and vanished would silently lift every revocation.
+            raise ValueError(f"{path} disappeared")
+        self._had_file = self._had_file or stamp is not None  # even if it does not parse
         new = read(path)
         old, self.current, self._stamp = self.current, new, stamp
         self.healthy, self.problem = True, ""
@@ -170,14 +176,6 @@ class Revocations(Periodic, Component):
         path = ctx.options.pangate_revocations
         stamp = file_stamp(path)
         if stamp == self._stamp:
-            return
-        if stamp is None and self._stamp is not None:
-            # A list that existed and vanished would silently lift every revocation.
-            self._stamp = None
-            self.healthy = False
-            self.problem = f"the revocation list {path} disappeared; requests are refused until it is back"
-            log.error("pangate %s", self.problem)
-            events.emit("revocations_rejected", alert=True, path=path, error="file disappeared")
             return
         try:
             self._load(path)

@@ -1,11 +1,11 @@
 """What mitmweb must never see: proxy credentials and injected secrets.
 
-mitmproxy's own addons, mitmweb's flow view among them, run before script
-addons in every hook, so a secret that a pangate addon removes in a hook has
-already been serialized to the UI by then. The Veil is put at the very front
-of mitmproxy's chain: it takes Proxy-Authorization off a request before the
-view first sees it, and lets addons scrub what they injected once the request
-has gone upstream, before the view sees the flow again.
+Where mitmweb's flow view sits in mitmproxy's chain relative to the script is
+mitmproxy's business, and the view can serialize a flow whenever it changes.
+The Veil does not depend on that order: it is put at the very front of the
+chain, takes Proxy-Authorization off a request before anything else sees it
+(also while the script is reloading), and lets addons scrub what they
+injected once the request has gone upstream.
 """
 
 from __future__ import annotations
