@@ -20,7 +20,8 @@ from urllib.parse import parse_qsl, urlencode
 from mitmproxy import ctx, exceptions
 
 from . import events
-from .auditlog import AuditWriter, load_or_create_signing_key
+from .auditkeys import load_or_create_signing_key
+from .auditlog import AuditWriter
 from .failsafe import Component, meta, refuse, refused
 from .pan import Masker
 

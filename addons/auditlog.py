@@ -49,9 +49,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-# Keys and recording signatures live in auditkeys; re-exported so callers keep one import.
-from .auditkeys import (_write_atomic, key_id, load_or_create_signing_key, load_public_key,  # noqa: F401
-                        sign_file, verify_file)
+from .auditkeys import _write_atomic, key_id
 
 log = logging.getLogger("pangate.audit")
 
@@ -666,10 +664,3 @@ def _resolve(loop, fut, value: bool) -> None:
     except RuntimeError:  # loop already closed: nobody is waiting any more
         pass
 
-
-def __getattr__(name):
-    # The verifier is a separate module; keep `from pangate.auditlog import verify_log` working.
-    if name in ("verify_log", "VerifyReport", "main_verify"):
-        from . import auditverify
-        return getattr(auditverify, name)
-    raise AttributeError(name)

@@ -31,7 +31,6 @@ then rewrite the whole chain, so always pass the key for evidence.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -40,8 +39,8 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 
-from .auditlog import (GENESIS, checkpoint_message, key_id, line_hash, list_audit_files, load_public_key,
-                       verify_file)
+from .auditkeys import key_id, load_public_key, verify_file
+from .auditlog import GENESIS, checkpoint_message, line_hash, list_audit_files
 
 
 @dataclass
@@ -303,12 +302,3 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
                 "missing_signature" if "missing .sig" in reason else
                 "deleted" if "missing" in reason else "bad_signature")
     return rep
-
-
-def main_verify(argv: list[str] | None = None) -> int:
-    """Standalone entry with the arguments of `pangate audit verify`: 0 ok, 1 broken, 2 unreadable."""
-    from .cmd_audit import add_verify_arguments, verify_cmd  # the CLI owns argument handling
-
-    ap = argparse.ArgumentParser(prog="pangate-audit-verify", description=__doc__.splitlines()[0])
-    add_verify_arguments(ap)
-    return verify_cmd(ap.parse_args(argv))

@@ -170,7 +170,7 @@ class RecordingFiles:
                     self._close_quietly()
                     self._state(f"{type(e).__name__}: {e}")
                     time.sleep(0.5)  # retry the same flows: nothing recorded is dropped
-        self._rotate(reopen=False)
+        self._rotate()
 
     @staticmethod
     def _scrub(flow, scrubber: "Scrubber"):
@@ -202,7 +202,7 @@ class RecordingFiles:
     def _rotate_if_due(self) -> None:
         if self._fo is not None and (time.time() - self._opened >= self.rotate_seconds
                                      or self._fo.tell() >= self.rotate_bytes):
-            self._rotate(reopen=True)
+            self._rotate()
 
     def _open(self) -> None:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -211,7 +211,7 @@ class RecordingFiles:
             n += 1
         self._fo, self._path, self._opened = open(path, "xb"), path, time.time()
 
-    def _rotate(self, reopen: bool) -> None:
+    def _rotate(self) -> None:
         if self._fo is None:
             return
         path = self._path

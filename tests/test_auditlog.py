@@ -14,9 +14,11 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pangate.auditkeys import load_or_create_signing_key, sign_file, verify_file
 from pangate.auditlog import (GENESIS, AuditBacklogFull, AuditWriter, FileOps, dumps_line, line_hash,
-                              list_audit_files, load_or_create_signing_key, sign_file, verify_file)
-from pangate.auditverify import main_verify, verify_log
+                              list_audit_files)
+from pangate.auditverify import verify_log
+from pangate.cli import main as pangate_main
 
 DAY = 86400.0
 T0 = 1_750_000_000.0  # 2025-06-15
@@ -493,7 +495,7 @@ def test_recording_signatures(tmp_path, key, pub):
     assert (rep.ok, rep.kind) == (False, "edited")
 
 
-def test_progress_and_main_verify(tmp_path, key, capsys):
+def test_progress_and_the_verify_command(tmp_path, key, capsys):
     kp = tmp_path / "k.key"
     key = load_or_create_signing_key(str(kp))
     d = tmp_path / "audit"
@@ -501,11 +503,11 @@ def test_progress_and_main_verify(tmp_path, key, capsys):
     seen = []
     verify_log(str(d), key.public_key(), progress=lambda a, b: seen.append((a, b)))
     assert seen[-1][0] == seen[-1][1] == sum(os.path.getsize(f) for f in list_audit_files(str(d)))
-    assert main_verify([str(d), "--pubkey", str(kp) + ".pub"]) == 0
+    assert pangate_main(["audit", "verify", str(d), "--pubkey", str(kp) + ".pub"]) == 0
     assert "OK" in capsys.readouterr().out
     f = list_audit_files(str(d))[-1]
     write_lines(f, read_lines(f)[:-1])
-    assert main_verify([str(d), "--pubkey", str(kp) + ".pub"]) == 1
+    assert pangate_main(["audit", "verify", str(d), "--pubkey", str(kp) + ".pub"]) == 1
 
 
 def test_throughput(tmp_path, key):
