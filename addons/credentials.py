@@ -146,7 +146,8 @@ class Credentials(Component):
             self.request(flow)
 
     def responseheaders(self, flow):
-        """Headers echoing the credential, redacted before a streamed body starts them on their way."""
+        """Headers echoing the credential, redacted before anything of the response leaves
+        (a streamed body sends them right after this hook); Masking redacts the body."""
         secret = self.secret_sent(flow)
         if secret is not None and flow.response is not None:
             self._redact_headers(flow.response.headers, secret.forms)
@@ -227,22 +228,10 @@ class Credentials(Component):
         elif cred.type == "query":
             flow.request.query[cred.name] = value
 
-    def response(self, flow):
-        """A backend that echoes the credential must not hand it to the workload."""
-        secret = self.secret_sent(flow)
-        if secret is None or flow.response is None:
-            return
-        forms = secret.forms
-        self._redact_headers(flow.response.headers, forms)
-        body = flow.response.get_content(strict=True)
-        if body and any(f.encode() in body for f in forms):
-            flow.response.set_content(_redact(body, tuple(f.encode() for f in forms)))
-            meta(flow)["credential"]["echo_redacted"] = True
 
 
 def _redact(value, forms):
     """Each spelling of the secret replaced by stars of its length (lengths and framing stay valid)."""
-    star = "*" if isinstance(value, str) else b"*"
     for f in forms:
-        value = value.replace(f, star * len(f))
+        value = value.replace(f, "*" * len(f))
     return value

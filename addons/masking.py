@@ -18,8 +18,8 @@ Carriers:
   byte length. If the masker or decoder fails mid-stream nothing more is sent
   and both connections are reset, so the client sees an error, not a clean
   truncated body;
-- an injected credential echoed in a streamed body is starred in the stream
-  (Credentials' own redaction only sees buffered bodies);
+- an injected credential echoed in a body is starred in the same pass, buffered
+  or streamed (Credentials redacts it from headers);
 - websocket messages: server to client masked; client to server checked by
   dlp.py and forwarded as sent to a card-data destination;
 - at rest: once a request has been sent (response or error hook) its URL,
@@ -266,8 +266,8 @@ class Masking(Component):
 
     def __init__(self, store, credentials=None):
         self.store = store
-        # Credentials redacts an echoed secret from buffered bodies; streamed
-        # bodies never reach its `response` hook, so the stream does it here.
+        # Credentials redacts an echoed secret from headers; bodies are redacted
+        # here, in the one pass that decodes and masks them.
         self.credentials = credentials
         self.masker = Masker()
         store.subscribe(self._policy_changed)
@@ -352,16 +352,20 @@ class Masking(Component):
                 resp.content = self.masker.mask(resp.content)[0]
             return
         count = mask_headers(self.masker, resp.headers)
+        secrets = self._secrets_of(flow)
         if resp.raw_content and len(resp.raw_content) > OFFLOAD_BYTES:
             # A big body is decoded, scanned and re-encoded on a worker thread, so the
             # event loop keeps serving other flows meanwhile (no 100 ms stalls). It is
             # taken out of the flow meanwhile: mitmweb must not read it unmasked.
             work = resp.copy()
             resp.raw_content = b""
-            count += await asyncio.to_thread(mask_response_body, self.masker, work)
+            n, echoed = await asyncio.to_thread(mask_response_body, self.masker, work, secrets)
             flow.response = resp = work
         else:
-            count += mask_response_body(self.masker, resp)
+            n, echoed = mask_response_body(self.masker, resp, secrets)
+        count += n
+        if echoed:
+            meta(flow)["credential"]["echo_redacted"] = True
         meta(flow)["response_masked"] = True  # the recorder need not scan it again
         if count:
             meta(flow)["pans_masked"] = meta(flow).get("pans_masked", 0) + count
@@ -393,15 +397,22 @@ def _mask_message_at_rest(masker: Masker, msg) -> None:
         msg.content = out
 
 
-def mask_response_body(masker: Masker, resp) -> int:
-    """Mask a buffered response body in place; raises on a body it cannot decode (refused)."""
+def mask_response_body(masker: Masker, resp, secrets: tuple[bytes, ...] = ()) -> tuple[int, bool]:
+    """Mask a buffered response body in place and star any echoed secret in it.
+
+    Returns (PANs masked, whether a secret was echoed); raises on a body it
+    cannot decode, which the flow's refusal then replaces.
+    """
     body = resp.get_content(strict=True)
     if not body:
-        return 0
-    masked, n = mask_body(masker, body, resp.headers.get("content-type", ""))
+        return 0, False
+    redacted = body
+    for s in secrets:
+        redacted = redacted.replace(s, b"*" * len(s))
+    masked, n = mask_body(masker, redacted, resp.headers.get("content-type", ""))
     if n or masked != body:
         resp.set_content(masked)
-    return n
+    return n, redacted != body
 
 
 def mask_headers(masker: Masker, headers) -> int:
