@@ -25,7 +25,7 @@ from . import events
 from .audit import SECRET_PARAM
 from .auditkeys import load_or_create_signing_key, sign_file
 from .credentials import CLIENT_CREDENTIAL_HEADERS
-from .failsafe import Component, meta
+from .failsafe import Component, meta, safe_traceback
 from .pan import Masker
 
 log = logging.getLogger("pangate")
@@ -176,12 +176,20 @@ class RecordingFiles:
     def _scrub(flow, scrubber: "Scrubber"):
         try:
             return scrubber.flow(flow, copy=False)
-        except Exception:  # never store what could not be scrubbed: keep a bare stub instead
-            log.exception("pangate recording: a flow could not be scrubbed; its bodies are withheld")
+        except Exception as e:  # never store what could not be scrubbed: keep a bare stub instead
+            log.error("pangate recording: a flow could not be scrubbed; only a stub is kept:\n%s", safe_traceback(e))
             for msg in (flow.request, flow.response):
                 if msg is not None:
                     msg.headers.clear()
+                    msg.trailers = None
                     msg.content = WITHHELD
+            flow.request.path = "/"  # path and query can carry card numbers and secrets
+            flow.request.authority = ""
+            if flow.websocket is not None:
+                flow.websocket.messages = []
+            if flow.error is not None:
+                flow.error.msg = "[withheld]"
+            flow.comment = ""
             flow.metadata = {}
             return flow
 

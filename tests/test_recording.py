@@ -119,3 +119,16 @@ def test_a_full_queue_is_written_whole(tmp_path):
         with open(rec, "rb") as fh:
             count += len(list(FlowReader(fh).stream()))
     assert count == n
+
+
+def test_a_flow_that_cannot_be_scrubbed_is_stored_as_a_bare_stub():
+    class Broken:
+        def flow(self, flow, copy=True):
+            raise RuntimeError("scrubbing failed on 4111111111111111")
+
+    f = _flow()
+    f.request.path = "/pay?card=4111111111111111&token=sk_live_x"
+    f.comment = "card 4111111111111111"
+    stub = RecordingFiles._scrub(f, Broken())
+    state = repr(stub.get_state())
+    assert "4111111111111111" not in state and "sk_live_x" not in state
