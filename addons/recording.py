@@ -195,12 +195,13 @@ class RecordingFiles:
 
     def _write(self, flows: list) -> None:
         self._rotate_if_due()
-        for f in flows:
+        while flows:
             if self._fo is None:
                 self._open()
-            FlowWriter(self._fo).add(f)
+            FlowWriter(self._fo).add(flows[0])
             self._fo.flush()
             self._dirty = True
+            flows.pop(0)  # written: a retry after a failure resumes after it, no duplicates
             self._rotate_if_due()
         now = time.monotonic()
         if self._dirty and now - self._synced >= SYNC_SECONDS:  # group commit: one fsync per window
