@@ -6,20 +6,20 @@ comes back, record it. Guard (added first by `chain`) refuses traffic while
 any of them is not ready.
 """
 
-from pangate.approval import Approval
-from pangate.audit import Audit
-from pangate.authorize import Authorize
-from pangate.control import Control
-from pangate.credentials import Credentials
-from pangate.dlp import Dlp
-from pangate.export import Export
-from pangate.guard import chain
-from pangate.identity import Identity
-from pangate.masking import Masking
-from pangate.policystore import PolicyStore
-from pangate.recording import Recorder
-from pangate.resolve import AddressGuard
-from pangate.revocation import Revocations
+from pangate.approval.addon import Approval
+from pangate.audit.addon import Audit
+from pangate.authorize.addon import Authorize
+from pangate.control.addon import Control
+from pangate.credentials.addon import Credentials
+from pangate.dlp.addon import Dlp
+from pangate.export.addon import Export
+from pangate.chain.guard import chain
+from pangate.identity.addon import Identity
+from pangate.masking.addon import Masking
+from pangate.policy.addon import PolicyStore
+from pangate.recording.addon import Recorder
+from pangate.authorize.address import AddressGuard
+from pangate.identity.revocation import Revocations
 
 store = PolicyStore()
 revocations = Revocations()  # `pangate revoke` writes the list it watches

@@ -12,7 +12,7 @@ import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.auditlog import AuditWriter
+from pangate.audit.log import AuditWriter
 
 RECORD = {"event": "request", "identity": "payments-svc", "host": "api.acquirer.example",
           "method": "POST", "path": "/v1/charges", "outcome": "allow", "status": 200}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Micro-benchmark of the PAN masking engine (pangate.pan), one core.
+"""Micro-benchmark of the PAN masking engine (pangate.pan.engine), one core.
 
 Builds its corpora in memory (default ~50 MB each, fixed seed) and prints one
 line per scenario with MB/s (1 MB = 10**6 bytes):
@@ -27,11 +27,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 try:
-    from pangate.pan import Masker, contains_pan
+    from pangate.pan.engine import Masker, contains_pan
 except ImportError:  # not installed: import the package folder directly
     import importlib
     sys.modules["pangate"] = importlib.import_module("addons")
-    from pangate.pan import Masker, contains_pan
+    from pangate.pan.engine import Masker, contains_pan
 
 # Luhn-valid test PANs (public test numbers of the card networks).
 PANS = ["4111111111111111", "5500000000000004", "340000000000009", "6011000000000004",

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import bench_report  # noqa: E402
 from bench_env import Gateway, Nginx, cpu_seconds, free_port, hey, vm_hwm_mb  # noqa: E402
 from bench_pan import dense_csv, sparse_json  # noqa: E402  (the PAN engine's own corpora)
-from pangate.pan import contains_pan  # noqa: E402
-from pangate.pki import make_ca, make_leaf  # noqa: E402
-from pangate.tokens import issue, keygen  # noqa: E402
+from pangate.pan.engine import contains_pan  # noqa: E402
+from pangate.dev.pki import make_ca, make_leaf  # noqa: E402
+from pangate.identity.tokens import issue, keygen  # noqa: E402
 
 # name, path on the upstream, label, hey concurrency
 SCENARIOS = [

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from pan_corpus import FALSE_POSITIVES, break_luhn, separator_styles, valid_pans  # noqa: E402
 
-from pangate.pan import find_pans  # noqa: E402
+from pangate.pan.engine import find_pans  # noqa: E402
 
 PRESIDIO = """
 import json, sys

@@ -113,8 +113,8 @@ def main(argv=None) -> int:
     from harness import Gateway
     from mitmproxy.certs import CertStore
     from pan_upstream import PanUpstream
-    from pangate.pki import make_ca, make_leaf
-    from pangate.tokens import issue, keygen
+    from pangate.dev.pki import make_ca, make_leaf
+    from pangate.identity.tokens import issue, keygen
 
     with tempfile.TemporaryDirectory(prefix="pangate-1gb-") as tmp:
         t = Path(tmp)

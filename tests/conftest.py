@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from mitmproxy.certs import CertStore
 
-from pangate.demo_upstream import DemoUpstream
-from pangate.pki import make_ca, make_leaf
-from pangate.tokens import issue, keygen
+from pangate.dev.demo_upstream import DemoUpstream
+from pangate.dev.pki import make_ca, make_leaf
+from pangate.identity.tokens import issue, keygen
 
 from harness import Gateway
 

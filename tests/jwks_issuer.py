@@ -276,7 +276,7 @@ class JwksIssuer:
                              lambda m: hmac.new(secret, m, hashlib.sha256).digest())
 
     def issuer_config(self, name: str = "idp", **overrides):
-        from pangate.tokens import IssuerConfig
+        from pangate.identity.tokens import IssuerConfig
         kw = dict(name=name, type="oidc", issuer=self.issuer, audience=self.audience,
                   discovery_url=self.discovery_url, ca_file=self.ca_file)
         if any(overrides.get(k) for k in ("jwks_uri", "jwks_file", "public_key_file")):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from pangate.issuers import IIN_TABLE
+from pangate.pan.iin import IIN_TABLE
 
 
 def luhn_digit(body: str) -> str:

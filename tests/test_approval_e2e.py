@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pangate.demo_upstream import TEST_PANS, charges
-from pangate.pan import find_pans
-from pangate.tokens import keygen
+from pangate.dev.demo_upstream import TEST_PANS, charges
+from pangate.pan.engine import find_pans
+from pangate.identity.tokens import keygen
 
 from conftest import UPSTREAM_SECRET, policy_text
 from harness import VENV_BIN, WebAPI

@@ -10,15 +10,15 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import exceptions
 from mitmproxy.test import taddons, tflow
 
-from pangate import events
-from pangate.approval import Approval, request_digest
-from pangate.approvals_model import UI_APPROVER, Ledger, VoteRefused, eligible, rule_for
-from pangate.control import CallRefused, Verifier, approver_keys, load_public_key, parse_listen, sign_call
-from pangate.decide import Request
-from pangate.policy import parse_policy
-from pangate.tokens import keygen
-from pangate.webhook import check_url
-from pangate.yamlpos import PolicyError
+from pangate.common import events
+from pangate.approval.addon import Approval, request_digest
+from pangate.approval.model import UI_APPROVER, Ledger, VoteRefused, eligible, rule_for
+from pangate.control.addon import CallRefused, Verifier, approver_keys, load_public_key, parse_listen, sign_call
+from pangate.policy.decide import Request
+from pangate.policy.model import parse_policy
+from pangate.identity.tokens import keygen
+from pangate.common.webhook import check_url
+from pangate.policy.yamlpos import PolicyError
 
 POLICY = """
 version: 1

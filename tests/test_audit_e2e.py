@@ -14,9 +14,9 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.auditlog import dumps_line, line_hash, list_audit_files
-from pangate.demo_upstream import TEST_PANS
-from pangate.pan import find_pans
+from pangate.audit.log import dumps_line, line_hash, list_audit_files
+from pangate.dev.demo_upstream import TEST_PANS
+from pangate.pan.engine import find_pans
 
 from conftest import STATIC_KEY, UPSTREAM_SECRET
 from harness import VENV_BIN

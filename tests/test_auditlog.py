@@ -1,4 +1,4 @@
-"""Tests for the tamper-evident audit log (pangate.auditlog / pangate.auditverify)."""
+"""Tests for the tamper-evident audit log (pangate.audit.log / pangate.audit.verify)."""
 
 import asyncio
 import base64
@@ -14,11 +14,11 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.auditkeys import load_or_create_signing_key, sign_file, verify_file
-from pangate.auditlog import (GENESIS, AuditBacklogFull, AuditWriter, FileOps, dumps_line, line_hash,
+from pangate.audit.keys import load_or_create_signing_key, sign_file, verify_file
+from pangate.audit.log import (GENESIS, AuditBacklogFull, AuditWriter, FileOps, dumps_line, line_hash,
                               list_audit_files)
-from pangate.auditverify import verify_log
-from pangate.cli import main as pangate_main
+from pangate.audit.verify import verify_log
+from pangate.cli.main import main as pangate_main
 
 DAY = 86400.0
 T0 = 1_750_000_000.0  # 2025-06-15
@@ -196,7 +196,7 @@ CRASH = """
 import os, sys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives import serialization
-from pangate.auditlog import AuditWriter
+from pangate.audit.log import AuditWriter
 key = serialization.load_pem_private_key(open(sys.argv[2], 'rb').read(), None)
 w = AuditWriter(sys.argv[1], key, checkpoint_every=4)
 for i in range(10):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from pan_corpus import FALSE_POSITIVES, carrier_docs, corpus_pans, raw_pans_in
-from pangate.cmd_pan import CHUNK
+from pangate.cli.pan import CHUNK
 
 from harness import VENV_BIN
 
@@ -94,7 +94,7 @@ def test_scan_finds_pans_across_read_chunks(tmp_path):
 def test_mask_streams_large_input_in_bounded_memory():
     body = b"row 4111 1111 1111 1111 ts 1732800000000\n" + b"row ok, nothing to see here\n" * 200_000  # ~4 MB
     res = subprocess.run(["/bin/sh", "-c", f'"{VENV_BIN / "python"}" -c "import resource, sys; '
-                          f'from pangate.cli import main; r = main([\'mask\']); '
+                          f'from pangate.cli.main import main; r = main([\'mask\']); '
                           f'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)"'],
                          input=body * 10, capture_output=True, timeout=60)
     assert res.returncode == 0, res.stderr

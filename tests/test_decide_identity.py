@@ -13,15 +13,16 @@ from mitmproxy import connection
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import taddons, tflow
 
-from pangate import cli, events
-from pangate.credentials import read_client_cert
-from pangate.decide import address_refusal, destinations_for
-from pangate.identity import Caller, Identity, Throttle
-from pangate.pki import make_ca, make_leaf
-from pangate.policy import Credential, parse_policy
-from pangate.resolve import AddressGuard, Refused, checked_address
-from pangate.revocation import Revocations, editing, parse, read
-from pangate.tokens import Principal, keygen
+from pangate.cli import main as cli  # noqa: E402
+from pangate.common import events
+from pangate.credentials.addon import read_client_cert
+from pangate.policy.decide import address_refusal, destinations_for
+from pangate.identity.addon import Caller, Identity, Throttle
+from pangate.dev.pki import make_ca, make_leaf
+from pangate.policy.model import Credential, parse_policy
+from pangate.authorize.address import AddressGuard, Refused, checked_address
+from pangate.identity.revocation import Revocations, editing, parse, read
+from pangate.identity.tokens import Principal, keygen
 
 POLICY = """version: 1
 destinations:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pangate.dlp import body_contains_pan
+from pangate.dlp.addon import body_contains_pan
 
 
 @pytest.mark.parametrize("body,ctype,found", [

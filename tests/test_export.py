@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pangate.exporttransport import ExportError, parse_url
+from pangate.export.transport import ExportError, parse_url
 
 HEC_TOKEN = "hec-" + secrets.token_hex(8)
 

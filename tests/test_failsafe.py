@@ -6,7 +6,7 @@ import shutil
 
 from mitmproxy.test import tflow
 
-from pangate.failsafe import Component
+from pangate.chain.failsafe import Component
 
 from harness import ROOT
 

@@ -8,8 +8,8 @@ import json
 import pytest
 import requests
 
-from pangate.demo_upstream import TEST_PANS
-from pangate.pan import find_pans
+from pangate.dev.demo_upstream import TEST_PANS
+from pangate.pan.engine import find_pans
 
 from conftest import STATIC_KEY, UPSTREAM_SECRET, json_body, raw_connect
 

@@ -20,8 +20,8 @@ import jwt
 import pytest
 import requests
 
-from pangate.demo_upstream import DemoUpstream, Handler
-from pangate.pki import make_ca, make_leaf
+from pangate.dev.demo_upstream import DemoUpstream, Handler
+from pangate.dev.pki import make_ca, make_leaf
 
 from conftest import json_body, raw_connect
 from harness import VENV_BIN, WebAPI, open_tunnel
@@ -539,7 +539,7 @@ def test_revocation_ends_a_request_waiting_for_approval(start_gateway, policy_te
     """`pangate revoke` reaches held flows too: the approvals addon listens for the `revoked` event."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from pangate.tokens import keygen
+    from pangate.identity.tokens import keygen
 
     keygen(str(tmp_path / "alice.key"))
     approvals = policy_text.replace("\nroles:\n", "\n  pg-held:\n    issuer: pangate\n    roles: [reader]\nroles:\n", 1)

@@ -24,8 +24,8 @@ from mitmproxy.net import encoding
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, CloseConnection, Request, TextMessage)
 
-from pangate.masking import mask_body
-from pangate.pan import Masker, find_pans
+from pangate.masking.addon import mask_body
+from pangate.pan.engine import Masker, find_pans
 
 from conftest import UPSTREAM_SECRET
 from harness import open_tunnel

@@ -1,4 +1,4 @@
-"""Table-driven tests of the PAN/SAD engine (pangate.pan)."""
+"""Table-driven tests of the PAN/SAD engine (pangate.pan.engine)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pangate.pan import (Masker, PanMatch, brand_of, contains_pan, find_pans, luhn_ok,
+from pangate.pan.engine import (Masker, PanMatch, brand_of, contains_pan, find_pans, luhn_ok,
                          url_contains_pan)
 from pan_corpus import (FALSE_POSITIVES, break_luhn, dense_csv_rows, in_formats, luhn_digit,
                         separator_styles, valid_pans)
@@ -274,9 +274,9 @@ def test_stream_output_is_prompt():
     assert len(sm.feed(b"a" * 100_000)) >= 100_000 - 512
 
 
-# ---- outbound DLP and reveal decisions (pangate.dlp, pure) ---------------------------------------
+# ---- outbound DLP and reveal decisions (pangate.dlp.addon, pure) ---------------------------------------
 def test_outbound_pan_where():
-    from pangate.dlp import outbound_pan
+    from pangate.dlp.addon import outbound_pan
 
     assert outbound_pan("https://x/pay?card=4111%201111%201111%201111", []) == "url"
     assert outbound_pan("https://x/pay?card=4111+1111+1111+1111", []) == "url"
@@ -289,8 +289,8 @@ def test_outbound_pan_where():
 
 
 def test_reveal_and_card_destination_decisions():
-    from pangate.dlp import is_card_destination, reveal_for
-    from pangate.policy import parse_policy
+    from pangate.dlp.addon import is_card_destination, reveal_for
+    from pangate.policy.model import parse_policy
 
     p = parse_policy("""
 version: 1
@@ -323,7 +323,7 @@ def test_body_stream_equals_whole_body_masking(enc, events):
     import brotli
     from backports import zstd
 
-    from pangate.masking import BodyStream, stream_decoder
+    from pangate.masking.addon import BodyStream, stream_decoder
 
     rng = random.Random(hash((enc, events)) & 0xFFFF)
     secret = b"sk_live_0123456789abcdef"
@@ -371,7 +371,7 @@ def _random_doc(rng: random.Random) -> bytes:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_fast_run_classifier_equals_general_path(seed):
-    from pangate.panscan import Scanner
+    from pangate.pan.scan import Scanner
 
     rng = random.Random(seed)
     for _ in range(600):
@@ -396,7 +396,7 @@ def test_uppercase_cid_is_sad():
 
 @pytest.mark.parametrize("offset", [-40, -17, -12, -5, -1, 0, 3])
 def test_findings_across_scan_block_boundary(offset):
-    from pangate.panscan import _BLOCK
+    from pangate.pan.scan import _BLOCK
 
     pieces = [b"4111 1111 1111 1111", b"5500000000000004", b'"cvc": "123"', b";4111111111111111=2512101?"]
     for piece in pieces:
@@ -408,7 +408,7 @@ def test_findings_across_scan_block_boundary(offset):
 
 
 def test_block_walk_equals_one_block(monkeypatch):
-    from pangate import panscan
+    from pangate.pan import scan as panscan
 
     rng = random.Random(11)
     doc = b"\n".join(_random_doc(rng) for _ in range(6000)) + b" " + b"7 " * 20000

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from pangate.decide import Request, decide, decide_connect, path_matches
-from pangate.policy import parse_policy
-from pangate.yamlpos import PolicyError
+from pangate.policy.decide import Request, decide, decide_connect, path_matches
+from pangate.policy.model import parse_policy
+from pangate.policy.yamlpos import PolicyError
 
 from harness import ROOT, VENV_BIN
 
@@ -100,8 +100,8 @@ def test_connect_precheck(policy):
 
 
 def test_approval_triggers_cannot_be_dodged():
-    from pangate.decide import path_triggers, query_triggers
-    from pangate.policy import QueryRule
+    from pangate.policy.decide import path_triggers, query_triggers
+    from pangate.policy.model import QueryRule
 
     big = (QueryRule("limit", ">", 50.0, 1),)
     assert query_triggers(big, (("limit", "1"), ("limit", "5000")))  # any value counts
@@ -180,7 +180,7 @@ def test_query_booleans_are_refused():
 
 def test_a_rejected_reload_changes_no_listener(tmp_path):
     """Listeners that accepted the new file are put back when a later one refuses it."""
-    from pangate.policystore import PolicyStore
+    from pangate.policy.addon import PolicyStore
 
     path = tmp_path / "p.yaml"
     path.write_text(BASE)

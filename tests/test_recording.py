@@ -9,10 +9,10 @@ from mitmproxy.io import FlowReader
 from mitmproxy.test import tflow
 from mitmproxy.websocket import WebSocketMessage
 
-from pangate.auditkeys import verify_file
-from pangate.auditverify import verify_log
-from pangate.pan import find_pans
-from pangate.recording import WITHHELD, RecordingFiles, Scrubber
+from pangate.audit.keys import verify_file
+from pangate.audit.verify import verify_log
+from pangate.pan.engine import find_pans
+from pangate.recording.addon import WITHHELD, RecordingFiles, Scrubber
 
 PAN = "4111111111111111"
 SECRET = "sk_live_injected_0123456789"
@@ -95,7 +95,7 @@ def test_verify_live_accepts_only_the_newest_unsigned(tmp_path):
     rec.mkdir()
     (rec / "flows-1.mitm").write_bytes(b"a")
     (rec / "flows-2.mitm").write_bytes(b"b")
-    from pangate.auditlog import AuditWriter
+    from pangate.audit.log import AuditWriter
     audit = tmp_path / "audit"
     AuditWriter(str(audit), key).close()
     rep = verify_log(str(audit), key.public_key(), live=True, recordings=str(rec))
@@ -106,7 +106,7 @@ def test_a_full_queue_is_written_whole(tmp_path):
     """Batches are cut at BATCH flows; no flow between two batches is lost."""
     from mitmproxy.io import FlowReader
 
-    from pangate.recording import BATCH
+    from pangate.recording.addon import BATCH
 
     key = Ed25519PrivateKey.generate()
     files = RecordingFiles(str(tmp_path), key, rotate_bytes=1 << 30, rotate_seconds=3600)

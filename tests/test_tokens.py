@@ -10,7 +10,7 @@ import stat
 import pytest
 from jwks_issuer import JwksIssuer
 
-from pangate.tokens import (IssuerConfig, KeysNeeded, Principal, TokenError, Verifier, issue, keygen,
+from pangate.identity.tokens import (IssuerConfig, KeysNeeded, Principal, TokenError, Verifier, issue, keygen,
                             parse_proxy_authorization)
 
 T0 = 1_700_000_000.0

@@ -1,0 +1,304 @@
+"""Verifier for the audit log written by `auditlog.AuditWriter` (PCI DSS 10.3.4/10.5.1).
+
+Walks the chain line by line (streaming, constant memory) and stops at the FIRST
+broken place, classifying it:
+
+  edited          a line's hash no longer matches the next line's `prev`, or a
+                  checkpoint's head/covers/file disagree with the chain
+  deleted         seq gap (records or whole files missing), or the oldest file
+                  does not start at seq 1 and no retention record vouches for it
+  inserted        an extra line: the line after it links to the line before it,
+                  or it duplicates the previous seq
+  reordered       seq goes backwards / the missing seq follows right after
+  truncated       the log does not end with the checkpoint signed at close
+                  (`live=True` accepts an unsigned tail of a running writer)
+  bad_signature   checkpoint signature invalid, or made with another key
+  missing_signature  checkpoint without sig, or more records than its `every`
+                  allows since the last checkpoint
+  torn_tail       the final line is incomplete (crash mid-write); everything
+                  before it has been verified
+  bad_json        a line that is not a JSON object with an integer seq
+
+Anchoring: the chain starts at seq 1 with prev = 64 zeros, unless retention
+removed old files; then the first remaining record (seq S, prev P) is accepted
+only if some chained `retention` record states last_removed_seq = S-1 and
+last_removed_hash = P. That record is itself sealed by later checkpoints.
+
+Without a public key the chain is still checked but signatures are not
+(`report.signatures_checked` is False); an attacker who can write the files could
+then rewrite the whole chain, so always pass the key for evidence.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+
+from pangate.audit.keys import key_id, load_public_key, verify_file
+from pangate.audit.log import GENESIS, checkpoint_message, line_hash, list_audit_files
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    records: int = 0          # non-checkpoint records verified
+    checkpoints: int = 0
+    identities: set = field(default_factory=set)
+    first_time: str | None = None
+    last_time: str | None = None
+    files: list = field(default_factory=list)
+    recordings: list = field(default_factory=list)  # (path, ok, reason)
+    signatures_checked: bool = False
+    last_seq: int | None = None
+    notes: list = field(default_factory=list)
+    error: str | None = None
+    kind: str | None = None
+    where: str | None = None  # "file:line"
+    where_seq: int | None = None
+
+    def fail(self, kind: str, item: "_Line | None", error: str) -> "VerifyReport":
+        self.ok, self.kind, self.error = False, kind, error
+        if item is not None:
+            self.where, self.where_seq = f"{item.path}:{item.lineno}", item.seq
+        return self
+
+    def summary(self) -> str:
+        head = "OK" if self.ok else f"FAILED ({self.kind})"
+        out = [f"audit log verification: {head}",
+               f"  files: {len(self.files)}  records: {self.records}  checkpoints: {self.checkpoints}"
+               f"  last seq: {self.last_seq}",
+               f"  time range: {self.first_time} .. {self.last_time}",
+               f"  identities: {', '.join(sorted(self.identities)) or '-'}",
+               f"  signatures: {'verified' if self.signatures_checked else 'NOT checked (no public key)'}"]
+        if self.recordings:
+            bad = [r for r in self.recordings if not r[1]]
+            out.append(f"  recordings: {len(self.recordings)} signed, {len(bad)} failed")
+        out += [f"  note: {n}" for n in self.notes]
+        if not self.ok:
+            out.append(f"  error: {self.error}")
+            out.append(f"  first broken place: {self.where} (seq {self.where_seq})")
+        return "\n".join(out)
+
+
+@dataclass
+class _Line:
+    path: str
+    lineno: int
+    raw: bytes
+    torn: bool = False
+    rec: dict | None = None
+    seq: int | None = None
+    hash: str = ""
+    err: str = ""
+
+
+def _parse(path: str, lineno: int, raw: bytes) -> _Line:
+    item = _Line(path, lineno, raw)
+    if not raw.endswith(b"\n"):
+        item.torn = True
+        return item
+    line = raw[:-1]
+    item.hash = line_hash(line)
+    try:
+        rec = json.loads(line)
+    except ValueError as e:
+        item.err = f"not JSON: {e}"
+        return item
+    if not isinstance(rec, dict) or type(rec.get("seq")) is not int or not isinstance(rec.get("prev"), str):
+        item.err = "not an audit record (needs integer seq and prev)"
+        return item
+    item.rec, item.seq = rec, rec["seq"]
+    return item
+
+
+def _read(files: list[str], progress, total: int):
+    done = 0
+    for path in files:
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                done += len(raw)
+                if progress is not None:
+                    progress(done, total)
+                yield _parse(path, lineno, raw)
+
+
+def _collect(path) -> tuple[list[str], list[str]]:
+    """Audit files (chain order) and signed recordings below `path`."""
+    if isinstance(path, (list, tuple)):
+        return [str(p) for p in path], []
+    if os.path.isdir(path):
+        sigs = []
+        for root, _dirs, names in os.walk(path):
+            sigs += [os.path.join(root, n[:-4]) for n in names if n.endswith(".sig")]
+        return list_audit_files(path), sorted(sigs)
+    return [path], []
+
+
+def _classify(item: _Line, prev: _Line, pprev_hash: str | None, nxt: _Line | None):
+    """Name the break between `prev` (verified) and `item` (does not link)."""
+    s, exp = item.seq, prev.seq + 1
+    nseq = nxt.seq if nxt is not None else None
+    nxt_links_prev = nseq == exp and nxt.rec["prev"] == prev.hash
+    # A later record came early: the missing seq follows. If the next line links
+    # straight to prev but not to this line, this line is more likely foreign.
+    if s > exp and nseq is not None and exp <= nseq < s and not (
+            nxt_links_prev and item.rec["prev"] != nxt.hash):
+        return "reordered", item, f"seq {s} appears before seq {nseq}"
+    if nxt_links_prev:
+        return "inserted", item, f"extra record between seq {prev.seq} and {exp}"
+    if s == exp:
+        if nseq == exp:
+            return "inserted", item, f"two records claim seq {exp}"
+        return "edited", prev, f"record seq {prev.seq} was changed: its hash no longer matches prev of seq {s}"
+    if s > exp:
+        return "deleted", item, f"records seq {exp}..{s - 1} are missing before this line"
+    if s == prev.seq:
+        if item.rec["prev"] == pprev_hash:  # links to what preceded prev: prev is the extra one
+            return "inserted", prev, f"extra record before the original seq {s}"
+        return "inserted", item, f"duplicate seq {s}"
+    return "reordered", item, f"seq {s} appears after seq {prev.seq}"
+
+
+def _check_checkpoint(item: _Line, cp_first: int, first_cp_lenient: bool, pub):
+    rec = item.rec
+    if not rec.get("sig") or not rec.get("key_id"):
+        return "missing_signature", "checkpoint without signature"
+    covers = rec.get("covers")
+    if rec.get("head") != rec["prev"]:
+        return "edited", "checkpoint head does not match the chain"
+    if not (isinstance(covers, list) and len(covers) == 2 and covers[1] == item.seq - 1
+            and (covers[0] == cp_first or (first_cp_lenient and covers[0] <= cp_first))):
+        return "edited", f"checkpoint covers {covers}, chain says [{cp_first}, {item.seq - 1}]"
+    if rec.get("file") != os.path.basename(item.path):
+        return "edited", f"checkpoint sealed file {rec.get('file')}, found in {os.path.basename(item.path)}"
+    if pub is None:
+        return None
+    if rec["key_id"] != key_id(pub):
+        return "bad_signature", f"signed by key {rec['key_id']}, verifying with key {key_id(pub)}"
+    try:
+        msg = checkpoint_message(item.seq, rec["head"], covers, rec["file"], rec.get("time", ""),
+                                 rec.get("reason", ""), rec.get("every", 0))
+        pub.verify(base64.b64decode(rec["sig"]), msg)
+    except (InvalidSignature, ValueError, TypeError):
+        return "bad_signature", "checkpoint signature does not verify"
+    return None
+
+
+def _recording_files(directory: str) -> list[str]:
+    """Session recordings (and orphaned signatures) under `directory`, oldest first."""
+    names = set()
+    for n in os.listdir(directory):
+        if n.endswith(".mitm"):
+            names.add(n)
+        elif n.endswith(".mitm.sig"):
+            names.add(n[:-4])
+    return [os.path.join(directory, n) for n in sorted(names)]
+
+
+def verify_log(path, public_key=None, progress: Callable[[int, int], None] | None = None, *,
+               live: bool = False, checkpoint_every: int | None = 1000,
+               recordings: str | None = None) -> VerifyReport:
+    """Verify a directory, one file, or an ordered list of files.
+
+    `checkpoint_every` is the unsigned-stretch limit until the first checkpoint;
+    after that each checkpoint's own signed `every` applies. None disables it.
+    `recordings` is a directory of session recordings: each must carry a valid
+    signature (live: except the newest, still being written)."""
+    files, recordings_signed = _collect(path)
+    unsigned_ok = None
+    if recordings:
+        found = _recording_files(recordings)
+        recordings_signed = sorted(set(recordings_signed) | set(found))
+        if live and found and not os.path.exists(found[-1] + ".sig"):
+            unsigned_ok = found[-1]
+    rep = VerifyReport(files=files)
+    pub = load_public_key(public_key) if public_key is not None else None
+    rep.signatures_checked = pub is not None
+    total = sum(os.path.getsize(f) for f in files)
+
+    lines = _read(files, progress, total)
+    prev: _Line | None = None
+    pprev_hash = None
+    anchor: _Line | None = None
+    vouched: set = set()
+    cp_first, since_cp, every = 0, 0, checkpoint_every
+    item = next(lines, None)
+    while item is not None:
+        nxt = next(lines, None)
+        if item.torn:
+            if live and nxt is None and item.path == files[-1]:
+                rep.notes.append(f"ignored incomplete last line {item.path}:{item.lineno} (live log)")
+                break
+            return rep.fail("torn_tail", item, f"incomplete final line ({len(item.raw)} bytes), "
+                                               "probably a crash mid-write; all earlier records verified")
+        if item.rec is None:
+            return rep.fail("bad_json", item, item.err)
+        rec = item.rec
+        if prev is None:
+            if not (item.seq == 1 and rec["prev"] == GENESIS):
+                anchor = item
+            cp_first = item.seq
+        elif item.seq != prev.seq + 1 or rec["prev"] != prev.hash:
+            kind, where, msg = _classify(item, prev, pprev_hash, nxt if nxt and nxt.rec else None)
+            return rep.fail(kind, where, msg)
+
+        if rec.get("event") == "checkpoint":
+            bad = _check_checkpoint(item, cp_first, anchor is not None and rep.checkpoints == 0, pub)
+            if bad:
+                return rep.fail(bad[0], item, bad[1])
+            rep.checkpoints += 1
+            cp_first, since_cp = item.seq + 1, 0
+            every = rec.get("every") or every
+        else:
+            since_cp += 1
+            if every and since_cp > every:
+                return rep.fail("missing_signature", item,
+                                f"{since_cp} records since the last checkpoint, at most {every} allowed")
+            if rec.get("event") == "retention":
+                vouched.add((rec.get("last_removed_seq"), rec.get("last_removed_hash")))
+            rep.records += 1
+            ident = rec.get("identity")
+            if isinstance(ident, dict):
+                ident = ident.get("name") or ident.get("id")
+            if isinstance(ident, str):
+                rep.identities.add(ident)
+        t = rec.get("time")
+        if isinstance(t, str):
+            rep.first_time = rep.first_time or t
+            rep.last_time = t
+        pprev_hash = prev.hash if prev else None
+        prev, rep.last_seq = item, item.seq
+        item = nxt
+
+    if prev is None:
+        return rep.fail("truncated", None, "no audit records found")
+    if anchor is not None and (anchor.seq - 1, anchor.rec["prev"]) not in vouched:
+        return rep.fail("deleted", anchor, f"log starts at seq {anchor.seq} and no retention record "
+                                           "accounts for the earlier records")
+    if anchor is not None:
+        rep.notes.append(f"chain anchored at seq {anchor.seq} by a retention record")
+    closed = prev.rec.get("event") == "checkpoint" and prev.rec.get("reason") == "close"
+    if not closed:
+        if not live:
+            return rep.fail("truncated", prev, "log does not end with the checkpoint signed at close "
+                                               "(records removed from the end, or the writer is still "
+                                               "running/crashed: use live mode)")
+        rep.notes.append(f"{since_cp} records after the last checkpoint are not signed yet (live)")
+
+    for rpath in recordings_signed:
+        if rpath == unsigned_ok:
+            rep.notes.append(f"recording {os.path.basename(rpath)} is still being written (live): not signed yet")
+            continue
+        ok, reason = verify_file(rpath, pub) if pub is not None else (None, "not checked (no public key)")
+        rep.recordings.append((rpath, ok, reason))
+        if ok is False and rep.ok:
+            rep.ok, rep.error, rep.where = False, f"recording {rpath}: {reason}", rpath
+            rep.kind = "edited" if "content" in reason else (
+                "missing_signature" if "missing .sig" in reason else
+                "deleted" if "missing" in reason else "bad_signature")
+    return rep

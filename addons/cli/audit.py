@@ -1,0 +1,118 @@
+"""`pangate audit verify|show`: check the audit trail and read it.
+
+verify exits 0 when the log (and recordings) are intact, 1 at the first broken
+place (which it names), 2 when it cannot read what it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from pangate.audit.log import FILE_RE, file_sort_key, list_audit_files
+from pangate.audit.verify import verify_log
+
+DEFAULT_PUBKEY = "certs/audit-signing.key.pub"
+
+
+def register(sub) -> None:
+    audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
+        dest="audit_command", metavar="ACTION", required=True)
+    v = audit.add_parser("verify", help="check the hash chain, signatures and recordings; exit 1 if broken")
+    add_verify_arguments(v)
+    v.set_defaults(func=verify_cmd)
+    s = audit.add_parser("show", help="print audit records, filtered")
+    s.add_argument("path", help="audit directory or file")
+    s.add_argument("--identity", help="only records of this identity")
+    s.add_argument("--outcome", help="only this outcome (allowed, denied, token_refused, error, ...)")
+    s.add_argument("--event", help="only this event type (request, connect, policy_loaded, ...)")
+    s.add_argument("--request-id", help="only the records of this request id")
+    s.add_argument("--since", help="only records at or after this UTC time (ISO 8601 prefix, e.g. 2026-01-31T12)")
+    s.add_argument("--json", action="store_true", help="print the records as JSON lines")
+    s.set_defaults(func=show_cmd)
+
+
+def add_verify_arguments(p) -> None:
+    p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order")
+    p.add_argument("--pubkey", help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present)")
+    p.add_argument("--recordings", help="directory of session recordings whose signatures to check")
+    p.add_argument("--live", action="store_true", help="the gateway is running: accept an unsigned tail")
+    p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr even when it is not a TTY")
+
+
+def progress_bar(stream=sys.stderr):
+    """A callback drawing `[####    ]  42%` on `stream`, redrawn at most every 1 %."""
+    last = [-1]
+
+    def draw(done: int, total: int) -> None:
+        pct = 100 * done // total if total else 100
+        if pct == last[0]:
+            return
+        last[0] = pct
+        stream.write(f"\rverifying [{'#' * (pct * 40 // 100):<40}] {pct:3d}%")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+    return draw
+
+
+def verify_cmd(args) -> int:
+    paths = args.path
+    target = paths[0] if len(paths) == 1 else (
+        sorted(paths, key=file_sort_key) if all(FILE_RE.match(os.path.basename(p)) for p in paths) else paths)
+    for p in paths:
+        if not os.path.exists(p):
+            print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
+            return 2
+    pubkey = args.pubkey or (DEFAULT_PUBKEY if os.path.exists(DEFAULT_PUBKEY) else None)
+    if pubkey is None:
+        print("warning: no public key (--pubkey): signatures are NOT checked", file=sys.stderr)
+    elif not args.pubkey:
+        print(f"using public key {pubkey}", file=sys.stderr)
+    progress = progress_bar() if args.progress or sys.stderr.isatty() else None
+    try:
+        rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
+    except (OSError, ValueError) as e:
+        print(f"pangate audit verify: cannot read the audit log: {e}", file=sys.stderr)
+        return 2
+    print(rep.summary())
+    return 0 if rep.ok else 1
+
+
+def iter_records(path: str):
+    files = list_audit_files(path) if os.path.isdir(path) else [path]
+    for f in files:
+        with open(f, "rb") as fh:
+            for raw in fh:
+                if raw.endswith(b"\n"):
+                    yield json.loads(raw)
+
+
+def _matches(rec: dict, args) -> bool:
+    ident = rec.get("identity")
+    name = ident.get("name") if isinstance(ident, dict) else ident
+    return ((not args.identity or name == args.identity)
+            and (not args.outcome or rec.get("outcome") == args.outcome)
+            and (not args.event or rec.get("event") == args.event)
+            and (not args.request_id or rec.get("request_id") == args.request_id)
+            and (not args.since or str(rec.get("time", "")) >= args.since))
+
+
+def show_cmd(args) -> int:
+    if not os.path.exists(args.path):
+        print(f"pangate audit show: {args.path} does not exist", file=sys.stderr)
+        return 2
+    for rec in iter_records(args.path):
+        if rec.get("event") == "checkpoint" or not _matches(rec, args):
+            continue
+        if args.json:
+            print(json.dumps(rec, sort_keys=True))
+            continue
+        ident = rec.get("identity")
+        d = rec.get("destination") or {}
+        where = f" {d.get('method')} {d.get('scheme')}://{d.get('host')}:{d.get('port')}{d.get('path')}" if d else ""
+        print(f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
+              f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
+              f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}".rstrip())
+    return 0

@@ -1,0 +1,237 @@
+"""Credential custody: the backend credential is added here and nowhere else.
+
+Workloads never hold it: the secret is read from the gateway's environment or
+a file when the policy loads, injected into allowed requests for its
+destination, stripped from anything the client sent, and redacted from
+responses that echo it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from dataclasses import dataclass
+from urllib.parse import quote, quote_plus
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from mitmproxy import ctx
+
+from pangate.chain import veil
+from pangate.policy.decide import destinations_for
+from pangate.chain.failsafe import Component, may_stream, meta, refuse, refused
+from pangate.policy.model import Credential, Policy
+
+log = logging.getLogger("pangate")
+INJECTED = "[injected by pangate]"
+CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Api-Key", "Api-Key")
+
+
+@dataclass(frozen=True)
+class Secret:
+    credential: Credential
+    value: str
+
+    def __repr__(self) -> str:  # never let a secret reach a log line by accident
+        return f"Secret({self.credential.type}, <redacted>)"
+
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """Every spelling of the secret that can come back: as read, and as put on the wire."""
+        out = [self.value]
+        if self.credential.type == "basic":
+            out.append(base64.b64encode(self.value.encode()).decode())
+        elif self.credential.type == "query":
+            out.append(quote(self.value, safe=""))
+            out.append(quote_plus(self.value))
+        return tuple(dict.fromkeys(f for f in out if f))
+
+
+@dataclass(frozen=True)
+class ClientCert:
+    """A destination's mTLS client certificate and key, ready for OpenSSL."""
+
+    credential: Credential
+    cert: x509.Certificate
+    key: object  # a cryptography private key
+
+    def __repr__(self) -> str:
+        return f"ClientCert({self.credential.file}, <key redacted>)"
+
+
+def read_client_cert(cred: Credential) -> ClientCert:
+    """The certificate (the first in its file) and private key of an mtls credential; ValueError says what is wrong."""
+    try:
+        with open(cred.file, "rb") as f:
+            cert = x509.load_pem_x509_certificates(f.read())[0]
+        with open(cred.key_file, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), password=None)
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{cred.file} / {cred.key_file}: not a PEM certificate and unencrypted key "
+                         f"({type(e).__name__})") from None
+    if cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ValueError(f"the key in {cred.key_file} does not belong to the certificate in {cred.file}")
+    return ClientCert(cred, cert, key)
+
+
+def read_secret(cred: Credential, environ=os.environ) -> str:
+    """The credential's value from its env variable or file; ValueError says which is missing."""
+    if cred.env:
+        value = environ.get(cred.env)
+        if not value:
+            raise ValueError(f"environment variable {cred.env} is not set")
+        return value
+    try:
+        with open(cred.file, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as e:
+        raise ValueError(f"cannot read {cred.file}: {e.strerror}") from None
+    if not value:
+        raise ValueError(f"{cred.file} is empty")
+    return value
+
+
+class Credentials(Component):
+    """Injects each destination's credential into allowed requests."""
+
+    def __init__(self, store):
+        self.store = store
+        self.secrets: dict[str, Secret] = {}
+        self.client_certs: dict[str, ClientCert] = {}
+        self.missing: dict[str, str] = {}  # destination -> why its secret is unavailable
+        store.subscribe(self._policy_changed)
+
+    def _policy_changed(self, policy: Policy) -> None:
+        secrets, certs, missing = {}, {}, {}
+        for dest in policy.destinations.values():
+            cred = dest.credential
+            if cred is None:
+                continue
+            try:
+                if cred.type == "mtls":
+                    certs[dest.name] = read_client_cert(cred)
+                else:
+                    secrets[dest.name] = Secret(cred, read_secret(cred))
+            except ValueError as e:
+                missing[dest.name] = str(e)
+                log.error("pangate: no credential for destination %s: %s; its requests are refused", dest.name, e)
+        self.secrets, self.client_certs, self.missing = secrets, certs, missing
+
+    def running(self):
+        veil.on_sent(self.scrub_sent)
+
+    def done(self):
+        veil.off_sent(self.scrub_sent)
+
+    def scrub_sent(self, flow) -> None:
+        """Once the request has left, the flow (and so mitmweb) keeps only a placeholder."""
+        cred = meta(flow).get("credential")
+        secret = self.secrets.get(cred["destination"]) if cred else None
+        if secret is None:
+            return
+        c = secret.credential
+        if c.type == "query":
+            if c.name in flow.request.query:
+                flow.request.query[c.name] = INJECTED
+        elif (c.name or "Authorization") in flow.request.headers:
+            flow.request.headers[c.name or "Authorization"] = INJECTED
+
+    def requestheaders(self, flow):
+        # A streamed request's headers leave before `request`: inject now.
+        if flow.request.stream or may_stream(flow):
+            self.request(flow)
+
+    def responseheaders(self, flow):
+        """Headers echoing the credential, redacted before anything of the response leaves
+        (a streamed body sends them right after this hook); Masking redacts the body."""
+        secret = self.secret_sent(flow)
+        if secret is not None and flow.response is not None:
+            self._redact_headers(flow.response.headers, secret.forms)
+
+    def secret_sent(self, flow) -> "Secret | None":
+        dest = (meta(flow).get("credential") or {}).get("destination")
+        return self.secrets.get(dest) if dest else None
+
+    @staticmethod
+    def _redact_headers(headers, forms) -> None:
+        for k in list(headers.keys()):
+            values = headers.get_all(k)
+            redacted = [_redact(v, forms) for v in values]
+            if redacted != values:
+                headers.set_all(k, redacted)
+
+    def request(self, flow):
+        if refused(flow) or "credential" in meta(flow):
+            return
+        dest = (meta(flow).get("decision") or {}).get("destination")
+        if dest is None:
+            return
+        if dest in self.missing:
+            refuse(flow, 503, "unavailable", f"the credential for {dest} is unavailable to the gateway",
+                   "credential_unavailable")
+            return
+        if dest in self.client_certs:  # presented in the TLS handshake (tls_start_server)
+            self._strip_client_credentials(flow, self.client_certs[dest].credential)
+            meta(flow)["credential"] = {"destination": dest, "type": "mtls"}
+            return
+        secret = self.secrets.get(dest)
+        if secret is None:
+            return
+        self._strip_client_credentials(flow, secret.credential)
+        self._inject(flow, secret)
+        meta(flow)["credential"] = {"destination": dest, "type": secret.credential.type}
+
+    def tls_start_server(self, tls_start) -> None:
+        """Present the destination's client certificate to an upstream that asks for mTLS.
+
+        Script addons run before mitmproxy's tlsconfig, so the connection is
+        built by tlsconfig itself (its upstream verification unchanged) and
+        the certificate added to this one connection only.
+        """
+        server = tls_start.conn
+        if tls_start.ssl_conn is not None or not server.address or self.store.policy is None:
+            return
+        host, port = server.address[0], server.address[1]
+        names = {d.name for d in destinations_for(self.store.policy, host, port, "https")}
+        certs = {n: c for n, c in self.client_certs.items() if n in names}
+        if not certs:
+            return
+        if len({c.credential for c in certs.values()}) > 1:
+            # Without a certificate the mTLS upstream refuses the handshake: fail closed.
+            log.error("pangate: %s:%s matches destinations with different client certificates (%s); none is sent",
+                      host, port, ", ".join(sorted(certs)))
+            return
+        ctx.master.addons.get("tlsconfig").tls_start_server(tls_start)
+        cert = next(iter(certs.values()))
+        tls_start.ssl_conn.use_certificate(cert.cert)
+        tls_start.ssl_conn.use_privatekey(cert.key)
+
+    def _strip_client_credentials(self, flow, cred: Credential) -> None:
+        headers = flow.request.headers
+        for name in CLIENT_CREDENTIAL_HEADERS + ((cred.name,) if cred.type == "header" else ()):
+            headers.pop(name, None)
+        if cred.type == "query":
+            flow.request.query.pop(cred.name, None)
+
+    def _inject(self, flow, secret: Secret) -> None:
+        cred, value = secret.credential, secret.value
+        if cred.type == "header":
+            flow.request.headers[cred.name] = value
+        elif cred.type == "bearer":
+            flow.request.headers[cred.name or "Authorization"] = f"Bearer {value}"
+        elif cred.type == "basic":
+            flow.request.headers[cred.name or "Authorization"] = "Basic " + base64.b64encode(value.encode()).decode()
+        elif cred.type == "query":
+            flow.request.query[cred.name] = value
+
+
+
+def _redact(value, forms):
+    """Each spelling of the secret replaced by stars of its length (lengths and framing stay valid)."""
+    for f in forms:
+        value = value.replace(f, "*" * len(f))
+    return value

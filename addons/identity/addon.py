@@ -1,0 +1,251 @@
+"""Who is calling: a short-lived token in Proxy-Authorization, bound to the connection.
+
+The identity proven at CONNECT applies to every request in that tunnel and is
+re-checked on each of them (expiry, revocation). The token itself is never
+stored: not in flow metadata, not in records, not in memory past the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from mitmproxy import ctx, exceptions
+
+from pangate.common import events
+
+from pangate.chain import veil
+from pangate.chain.failsafe import Component, meta, refuse, refused
+from pangate.policy.model import Policy
+from pangate.common.periodic import file_stamp
+from pangate.policy.schema import parse_duration
+from pangate.identity.tokens import IssuerConfig, Principal, TokenError, Verifier, parse_proxy_authorization
+
+log = logging.getLogger("pangate")
+PROXY_AUTH = "Proxy-Authorization"
+CHALLENGE = 'Bearer realm="pangate", Basic realm="pangate"'
+# client connection id -> Caller. Module-level so it outlives a reload of the
+# gateway script: open tunnels keep their (re-checked) identity.
+_BOUND: dict[str, "Caller"] = {}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """A proven identity, as recorded: how it was proven, never with what."""
+
+    identity: str
+    principal: Principal
+
+    def record(self) -> dict:
+        p = self.principal
+        return {"name": self.identity, "issuer": p.issuer, "subject": p.subject, "method": p.method,
+                "token_id": p.token_id, "expires_at": p.expires_at, "static_key": p.static}
+
+
+def identity_for(policy: Policy, principal: Principal) -> str | None:
+    """Map verified claims to one policy identity, or None."""
+    if principal.static:
+        ident = policy.identities.get(principal.subject)
+        return ident.name if ident and ident.static_key_sha256 else None
+    for ident in policy.identities.values():
+        if ident.issuer != principal.issuer:
+            continue
+        issuer = policy.issuers[ident.issuer]
+        want_sub = ident.subject or (ident.name if issuer.type == "pangate" else None)
+        if want_sub is not None and principal.subject != want_sub:
+            continue
+        if want_sub is None and not ident.claims:
+            continue  # an identity must pin something, or every token of the issuer would match
+        if all(str(principal.claims.get(k)) == v for k, v in ident.claims):
+            return ident.name
+    return None
+
+
+def verifier_inputs(policy: Policy) -> tuple:
+    """What a Verifier is built from: equal inputs, same verifier (and its cached JWKS)."""
+    issuers = [IssuerConfig(name=i.name, issuer=i.issuer, audience=list(i.audience), type=i.type,
+                            discovery_url=i.discovery_url, jwks_uri=i.jwks_uri, jwks_file=i.jwks_file,
+                            public_key_file=i.public_key_file, algorithms=i.algorithms, leeway=i.leeway,
+                            ca_file=i.ca_file) for i in policy.issuers.values()]
+    static = {i.name: f"sha256:{i.static_key_sha256}" for i in policy.static_key_identities()}
+    # A key file replaced under the same name is a change too.
+    files = tuple((f, file_stamp(f)) for i in issuers for f in (i.jwks_file, i.public_key_file, i.ca_file) if f)
+    return issuers, static, files
+
+
+class Throttle:
+    """Slows down a source that keeps presenting bad tokens: exponential delay, capped.
+
+    Per source IP, failures within WINDOW seconds are counted; after `free`
+    of them every further refusal waits 0.25 s, 0.5 s, 1 s ... up to
+    `max_delay` before it is answered. The wait is an asyncio sleep: only that
+    source's refusal waits, never the event loop.
+    """
+
+    WINDOW = 60.0
+    BASE = 0.25
+    MAX_SOURCES = 10000
+
+    def __init__(self, free: int = 5, max_delay: float = 10.0, clock=time.monotonic):
+        self.free, self.max_delay, self.clock = free, max_delay, clock
+        self._failures: OrderedDict[str, deque] = OrderedDict()
+
+    def failed(self, source: str) -> tuple[int, float]:
+        """Count one failure of source; returns (failures in the window, delay to apply)."""
+        now = self.clock()
+        times = self._failures.pop(source, None) or deque()
+        while times and now - times[0] > self.WINDOW:
+            times.popleft()
+        times.append(now)
+        self._failures[source] = times  # most recent last: the oldest sources are forgotten first
+        while len(self._failures) > self.MAX_SOURCES:
+            self._failures.popitem(last=False)
+        n = len(times)
+        if n <= self.free:
+            return n, 0.0
+        return n, min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
+
+
+class Identity(Component):
+    """Authenticates CONNECT and plain proxy requests; binds identities to connections."""
+
+    def __init__(self, store, revocations=None):
+        self.store = store
+        self.revocations = revocations  # anything with is_revoked(caller) -> str | None
+        self.verifier: Verifier | None = None
+        self._verifier_inputs = None
+        self.bound = _BOUND
+        self.throttle = Throttle()
+        store.subscribe(self._policy_changed)
+
+    def load(self, loader):
+        loader.add_option("pangate_auth_free_failures", int, 5,
+                          "Bad tokens a source may present per minute before its refusals are slowed down.")
+        loader.add_option("pangate_auth_max_delay", str, "10s",
+                          "Longest delay (e.g. 10s, 500ms) before answering a source that keeps presenting bad tokens.")
+
+    def configure(self, updated):
+        if {"pangate_auth_free_failures", "pangate_auth_max_delay"} & set(updated):
+            free = ctx.options.pangate_auth_free_failures
+            try:
+                delay = parse_duration(ctx.options.pangate_auth_max_delay)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"pangate_auth_max_delay: {e}") from None
+            if free < 0 or not 0 <= delay <= 60:
+                raise exceptions.OptionsError("pangate_auth_free_failures must be >= 0 and "
+                                              "pangate_auth_max_delay between 0 and 60 seconds")
+            self.throttle.free, self.throttle.max_delay = free, delay
+
+    def _policy_changed(self, policy: Policy) -> None:
+        # Building the verifier loads key files: a bad one refuses the new policy.
+        # Unchanged issuers keep their verifier, so cached JWKS survive a reload.
+        inputs = verifier_inputs(policy)
+        if self.verifier is None or inputs != self._verifier_inputs:
+            self.verifier = Verifier(inputs[0], inputs[1])
+            self._verifier_inputs = inputs
+            for ident in policy.static_key_identities():  # a declared exception stays visible
+                log.warning("pangate RISK: identity %s uses a static key (%s)", ident.name, ident.static_key_reason)
+
+    async def _authenticate(self, flow) -> Caller | None:
+        header = veil.take_proxy_authorization(flow)
+        # Whatever happens next, the credential goes no further than this hook.
+        flow.request.headers.pop(PROXY_AUTH, None)
+        if header is None:
+            # Not a failure: clients that wait for the challenge start this way.
+            self._refuse(flow, "missing_token", "send a token in Proxy-Authorization "
+                         "(HTTPS_PROXY=http://NAME:TOKEN@gateway:8080 or Bearer TOKEN)")
+            return None
+        try:
+            claimed, token = parse_proxy_authorization(header)
+            principal = await self.verifier.averify(token)
+        except TokenError as e:
+            await self._refuse_bad(flow, e.reason, str(e))
+            return None
+        policy = self.store.policy
+        name = identity_for(policy, principal)
+        if name is None:
+            await self._refuse_bad(flow, "unknown_identity", f"the token of {principal.subject!r} "
+                                   f"(issuer {principal.issuer}) maps to no identity in the policy")
+            return None
+        if claimed and claimed != name and not principal.static:
+            await self._refuse_bad(flow, "identity_mismatch",
+                                   f"the user name {claimed!r} is not the token's identity {name!r}")
+            return None
+        return Caller(name, principal)
+
+    async def _refuse_bad(self, flow, code: str, reason: str) -> None:
+        """A bad token: refused, and its source slowed down when it keeps trying."""
+        source = (flow.client_conn.peername or ("unknown",))[0]
+        count, delay = self.throttle.failed(source)
+        if delay:
+            if count == self.throttle.free + 1 or count & (count - 1) == 0:  # first, then at powers of two
+                events.emit("auth_throttled", alert=True, source=source, failures=count,
+                            window_seconds=Throttle.WINDOW, delay_seconds=delay)
+            await asyncio.sleep(delay)
+        self._refuse(flow, code, reason)
+
+    def _refuse(self, flow, code: str, reason: str) -> None:
+        refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})
+        events.emit("token_refused", code=code, reason=reason, request_id=meta(flow).get("request_id"),
+                    client=_peer(flow))
+
+    def _still_valid(self, flow, caller: Caller) -> bool:
+        p = caller.principal
+        if p.expires_at is not None and time.time() > p.expires_at + self._leeway(p):
+            self._refuse(flow, "expired", "the token of this connection has expired: reconnect with a new one")
+            return False
+        revoked = self.revocations.is_revoked(caller) if self.revocations else None
+        if revoked:
+            self._refuse(flow, "revoked", revoked)
+            return False
+        if identity_for(self.store.policy, p) != caller.identity:
+            self._refuse(flow, "unknown_identity", f"identity {caller.identity!r} is no longer in the policy")
+            return False
+        return True
+
+    def _leeway(self, p: Principal) -> float:
+        issuer = self.store.policy.issuers.get(p.issuer)
+        return issuer.leeway if issuer else 0.0
+
+    def _bind(self, flow, caller: Caller) -> None:
+        meta(flow)["identity"] = caller.record()
+
+    async def http_connect(self, flow):
+        if refused(flow):
+            return
+        caller = await self._authenticate(flow)
+        if caller and self._still_valid(flow, caller):
+            self.bound[flow.client_conn.id] = caller
+            self._bind(flow, caller)
+
+    async def requestheaders(self, flow):
+        if refused(flow):
+            return
+        # A replay (e.g. started in mitmweb) is someone else's request: it never
+        # inherits the identity of the connection it was captured on.
+        caller = None if flow.is_replay else self.bound.get(flow.client_conn.id)
+        if caller is None:
+            caller = await self._authenticate(flow)  # plain-HTTP proxy request: each one carries it
+            if caller is None:
+                return
+        else:
+            veil.take_proxy_authorization(flow)
+            flow.request.headers.pop(PROXY_AUTH, None)
+        if self._still_valid(flow, caller):
+            self._bind(flow, caller)
+
+    def client_disconnected(self, client):
+        self.bound.pop(client.id, None)
+
+
+def caller_name(flow) -> str | None:
+    ident = flow.metadata.get("pangate", {}).get("identity")
+    return ident["name"] if ident else None
+
+
+def _peer(flow) -> str | None:
+    addr = flow.client_conn.peername
+    return f"{addr[0]}:{addr[1]}" if addr else None

@@ -1,0 +1,498 @@
+"""Token checks for pangate: OIDC JWTs, pangate-issued JWTs and declared static keys.
+
+Plain module, no mitmproxy import, so it can be unit-tested and reused by the CLI.
+
+Event-loop rule: ``Verifier.verify`` never does I/O. It uses cached keys and raises
+``KeysNeeded`` when a network refresh is wanted; ``Verifier.refresh`` does the
+blocking fetch and is meant to run in a worker thread. ``Verifier.averify`` does
+that dance with ``asyncio.to_thread`` so the addon can simply ``await`` it.
+
+Nothing here stores, logs or echoes the raw token: messages are fixed strings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from pangate.common.keyfiles import read_public
+
+log = logging.getLogger("pangate.identity.tokens")
+
+MAX_TOKEN_LEN = 16 * 1024  # far above any real JWT; caps parsing/hashing work
+MAX_DOC_BYTES = 1024 * 1024  # discovery/JWKS documents larger than this are refused
+MAX_JWKS_KEYS = 100
+DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
+# Only asymmetric algorithms can ever be allowed: with HS* the verifier's public
+# key would double as a forging secret, and "none" needs no key at all.
+SUPPORTED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+_EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+
+
+class TokenError(Exception):
+    """Authentication failure. ``reason`` is a short machine code; str() never holds the token."""
+
+    def __init__(self, reason: str, message: str | None = None):
+        self.reason = reason
+        super().__init__(message or reason.replace("_", " "))
+
+
+class KeysNeeded(Exception):
+    """verify() needs a (blocking) key refresh for ``issuer`` (config name) first."""
+
+    def __init__(self, issuer: str):
+        self.issuer = issuer
+        super().__init__(f"keys needed for issuer {issuer!r}")
+
+
+class KeyFetchError(Exception):
+    """Discovery/JWKS fetch or parse failed; cached keys are left untouched."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    issuer: str  # IssuerConfig.name, or "static"
+    subject: str
+    claims: dict = field(default_factory=dict, hash=False, compare=False)  # verified payload only
+    token_id: str | None = None
+    expires_at: float | None = None
+    method: str = "oidc"  # "oidc" | "pangate" | "static"
+    static: bool = False
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    """One trusted issuer. Exactly one key source: discovery_url, jwks_uri, jwks_file
+    (type oidc) or public_key_file (type pangate; jwks_file also accepted)."""
+
+    name: str
+    issuer: str  # expected "iss" value; also how tokens are routed to this config
+    audience: str | list[str]
+    type: str = "oidc"
+    discovery_url: str | None = None
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    public_key_file: str | None = None
+    algorithms: tuple[str, ...] | None = None  # None -> per-type default
+    leeway: float = 30.0  # clock skew tolerance, seconds
+    ca_file: str | None = None  # extra CA bundle for a private IdP; TLS is always verified
+    refresh_interval: float = 60.0  # min seconds between fetch attempts (anti kid-spraying)
+    jwks_max_age: float = 3600.0  # cached JWKS older than this is re-fetched when allowed
+    discovery_max_age: float = 86400.0
+
+    def __post_init__(self):
+        if self.type not in ("oidc", "pangate"):
+            raise ValueError(f"issuer {self.name}: type must be 'oidc' or 'pangate'")
+        sources = [s for s in (self.discovery_url, self.jwks_uri, self.jwks_file, self.public_key_file) if s]
+        if len(sources) != 1:
+            raise ValueError(f"issuer {self.name}: exactly one key source is required")
+        if self.type == "pangate" and not (self.public_key_file or self.jwks_file):
+            raise ValueError(f"issuer {self.name}: pangate issuers use public_key_file or jwks_file")
+        for url in (self.discovery_url, self.jwks_uri):
+            if url and urlsplit(url).scheme != "https":
+                raise ValueError(f"issuer {self.name}: key URLs must be https")
+        if not self.issuer or not self.audience:
+            raise ValueError(f"issuer {self.name}: issuer and audience must be set explicitly")
+        algs = self.algorithms
+        if algs is None:
+            algs = ("EdDSA",) if self.type == "pangate" else DEFAULT_ALGORITHMS
+        algs = tuple(algs)
+        bad = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
+        if bad or not algs:
+            raise ValueError(f"issuer {self.name}: algorithms not allowed: {bad or 'empty'}")
+        object.__setattr__(self, "algorithms", algs)
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.discovery_url or self.jwks_uri)
+
+
+# --------------------------------------------------------------------- header parsing
+
+def _clean(value: str) -> bool:
+    return value.isprintable() and value.isascii() and not any(c.isspace() for c in value)
+
+
+def parse_proxy_authorization(header_value: str | None) -> tuple[str | None, str]:
+    """Parse ``Basic base64(name:token)`` or ``Bearer token`` -> (claimed name or None, token)."""
+    if not header_value or not isinstance(header_value, str) or len(header_value) > MAX_TOKEN_LEN:
+        raise TokenError("malformed", "malformed Proxy-Authorization header")
+    parts = header_value.strip().split(None, 1)
+    if len(parts) != 2:
+        raise TokenError("malformed", "malformed Proxy-Authorization header")
+    scheme, rest = parts[0].lower(), parts[1].strip()
+    if scheme == "bearer":
+        if not rest or not _clean(rest):
+            raise TokenError("malformed", "malformed bearer credentials")
+        return None, rest
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(rest, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise TokenError("malformed", "malformed basic credentials") from None
+        name, sep, token = decoded.partition(":")
+        if not sep or not token or not _clean(token) or (name and not name.isprintable()):
+            raise TokenError("malformed", "malformed basic credentials")
+        return (name or None), token
+    raise TokenError("malformed", "unsupported Proxy-Authorization scheme")
+
+
+# --------------------------------------------------------------------- key handling
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def ed25519_kid(public_key: ed25519.Ed25519PublicKey) -> str:
+    """RFC 7638 thumbprint, so issue() and the verifier agree on the kid without config."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    canon = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": _b64url(raw)}, separators=(",", ":"))
+    return _b64url(hashlib.sha256(canon.encode()).digest())
+
+
+@dataclass(frozen=True)
+class _Key:
+    kid: str | None
+    alg: str | None  # the JWK's own "alg" pin, if it declared one
+    key: Any  # cryptography public key object
+
+
+def _key_fits(k: _Key, alg: str) -> bool:
+    """Key type must match the token's alg; this is what makes alg confusion impossible."""
+    if k.alg and k.alg != alg:
+        return False
+    key = k.key
+    if alg[:2] in ("RS", "PS"):
+        return isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048
+    if alg in _EC_CURVES:
+        return isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _EC_CURVES[alg])
+    if alg == "EdDSA":
+        return isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey))
+    return False
+
+
+def parse_jwks(doc: Any) -> list[_Key]:
+    """Public signing keys from a JWKS document; symmetric/private/unknown keys are skipped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise KeyFetchError("not a JWKS document")
+    out = []
+    for jwk in doc["keys"][:MAX_JWKS_KEYS]:
+        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig" or "d" in jwk:
+            continue
+        loader = {"RSA": RSAAlgorithm, "EC": ECAlgorithm, "OKP": OKPAlgorithm}.get(jwk.get("kty"))
+        if loader is None:  # "oct" (HMAC secrets) and anything exotic never become keys
+            continue
+        try:
+            key = loader.from_jwk(jwk)
+        except Exception:  # one bad entry must not take down the whole set
+            log.warning("skipping unparsable JWK kid=%r", jwk.get("kid"))
+            continue
+        kid, alg = jwk.get("kid"), jwk.get("alg")
+        out.append(_Key(kid if isinstance(kid, str) else None, alg if isinstance(alg, str) else None, key))
+    if not out:
+        raise KeyFetchError("JWKS holds no usable signing keys")
+    return out
+
+
+def requests_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0) -> Any:
+    """Default fetcher: https only, TLS verified (system bundle or ca_file), no redirects, size cap."""
+    if urlsplit(url).scheme != "https":
+        raise KeyFetchError("refusing to fetch keys over plain http")
+    try:
+        with requests.get(url, timeout=timeout, verify=ca_file or True, allow_redirects=False,
+                          stream=True, headers={"Accept": "application/json"}) as resp:
+            if resp.status_code != 200:
+                raise KeyFetchError(f"HTTP {resp.status_code} from {url}")
+            body = b""
+            for chunk in resp.iter_content(65536):
+                body += chunk
+                if len(body) > MAX_DOC_BYTES:
+                    raise KeyFetchError(f"document too large at {url}")
+        return json.loads(body)
+    except requests.RequestException as exc:
+        raise KeyFetchError(f"fetch failed for {url}: {type(exc).__name__}") from exc
+    except ValueError as exc:
+        raise KeyFetchError(f"invalid JSON at {url}") from exc
+
+
+class _State:
+    def __init__(self):
+        self.keys: list[_Key] | None = None  # replaced wholesale, never mutated (read without lock)
+        self.fetched_at = 0.0
+        self.last_attempt: float | None = None
+        self.jwks_uri: str | None = None
+        self.discovery_at = 0.0
+        self.in_flight = False  # a fetch is running: callers should wait for it, not fail
+        self.lock = threading.Lock()
+
+
+# --------------------------------------------------------------------- verifier
+
+_JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeError
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.InvalidAudienceError, "bad_audience"),
+    (jwt.InvalidIssuerError, "bad_issuer"),
+    (jwt.InvalidAlgorithmError, "alg_not_allowed"),
+]
+
+
+class Verifier:
+    def __init__(self, issuers: Iterable[IssuerConfig], static_keys: dict[str, str] | None = None,
+                 fetch: Callable[..., Any] = requests_fetch, clock: Callable[[], float] = time.time,
+                 revoked_jtis: set[str] | None = None):
+        self._fetch, self._clock = fetch, clock
+        self.revoked_jtis: set[str] = revoked_jtis if revoked_jtis is not None else set()
+        self._by_name: dict[str, IssuerConfig] = {}
+        self._by_iss: dict[str, IssuerConfig] = {}
+        for cfg in issuers:
+            if cfg.name in self._by_name or cfg.issuer in self._by_iss or cfg.name == "static":
+                raise ValueError(f"duplicate or reserved issuer {cfg.name!r}/{cfg.issuer!r}")
+            self._by_name[cfg.name] = self._by_iss[cfg.issuer] = cfg
+        self._static: list[tuple[str, str]] = []
+        for ident, spec in (static_keys or {}).items():
+            algo, _, hexd = spec.partition(":")
+            if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexd):
+                raise ValueError(f"static key for {ident!r} must be 'sha256:<64 hex>'")
+            self._static.append((ident, hexd.lower()))
+        self._state = {name: _State() for name in self._by_name}
+        for cfg in self._by_name.values():
+            if not cfg.remote:  # local files: load now so config errors surface at startup
+                self.refresh(cfg.name, force=True)
+
+    # -- key management (blocking; call via asyncio.to_thread from the proxy) --
+    def refresh(self, issuer_name: str, force: bool = False) -> bool:
+        """(Re)load keys for one issuer. Returns False if throttled. Raises KeyFetchError."""
+        cfg, st = self._by_name[issuer_name], self._state[issuer_name]
+        with st.lock:
+            now = self._clock()
+            # Concurrent callers queue on the lock; all but the first see the fresh attempt
+            # and return, so a kid-spraying burst costs one fetch per interval.
+            if not force and st.last_attempt is not None and now - st.last_attempt < cfg.refresh_interval:
+                return False
+            st.last_attempt = now
+            st.in_flight = True
+            try:
+                self._load(cfg, st, now)
+            finally:
+                st.in_flight = False
+            return True
+
+    def _load(self, cfg: IssuerConfig, st: _State, now: float) -> None:
+        if cfg.public_key_file:
+            st.keys = [self._load_public_key(cfg.public_key_file)]
+        elif cfg.jwks_file:
+            try:
+                st.keys = parse_jwks(json.loads(Path(cfg.jwks_file).read_text()))
+            except (OSError, ValueError) as exc:
+                raise KeyFetchError(f"cannot read JWKS file for {cfg.name}: {exc}") from exc
+        else:
+            try:
+                st.keys = parse_jwks(self._fetch(self._jwks_uri(cfg, st, now), ca_file=cfg.ca_file))
+            except Exception as exc:  # injected fetchers may raise anything; normalise it
+                st.discovery_at = 0.0  # IdP may have moved its jwks_uri; re-discover next time
+                if isinstance(exc, KeyFetchError):
+                    raise
+                raise KeyFetchError(f"key fetch for {cfg.name} failed: {type(exc).__name__}") from exc
+        st.fetched_at = now
+
+    def _jwks_uri(self, cfg: IssuerConfig, st: _State, now: float) -> str:
+        if cfg.jwks_uri:
+            return cfg.jwks_uri
+        if st.jwks_uri and now - st.discovery_at < cfg.discovery_max_age:
+            return st.jwks_uri
+        doc = self._fetch(cfg.discovery_url, ca_file=cfg.ca_file)
+        if not isinstance(doc, dict) or doc.get("issuer") != cfg.issuer:
+            # OIDC Discovery 4.3: the document must name the issuer we expect.
+            raise KeyFetchError(f"discovery document issuer mismatch for {cfg.name}")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or urlsplit(uri).scheme != "https":
+            raise KeyFetchError(f"discovery document for {cfg.name} lacks an https jwks_uri")
+        st.jwks_uri, st.discovery_at = uri, now
+        return uri
+
+    @staticmethod
+    def _load_public_key(path: str) -> _Key:
+        try:
+            key = read_public(path, "public key")
+        except ValueError as exc:
+            raise KeyFetchError(str(exc)) from None
+        return _Key(ed25519_kid(key), "EdDSA", key)
+
+    # -- verification (pure CPU) --
+    def verify(self, token: str, is_revoked: Callable[[Principal], bool] | None = None) -> Principal:
+        """Verify a token with cached keys. Raises TokenError, or KeysNeeded if a refresh is due."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LEN:
+            raise TokenError("malformed", "malformed token")
+        principal = self._verify_static(token)
+        if principal is None:
+            if token.count(".") != 2:
+                raise TokenError("unknown_static_key", "token is neither a known static key nor a JWT")
+            principal = self._verify_jwt(token)
+        if (principal.token_id and principal.token_id in self.revoked_jtis) or (
+                is_revoked is not None and is_revoked(principal)):
+            raise TokenError("revoked", f"token for {principal.subject!r} is revoked")
+        return principal
+
+    async def averify(self, token: str, is_revoked: Callable[[Principal], bool] | None = None) -> Principal:
+        """verify(), doing any needed key refresh in a worker thread (at most one per call)."""
+        try:
+            return self.verify(token, is_revoked)
+        except KeysNeeded as need:
+            try:
+                await asyncio.to_thread(self.refresh, need.issuer)
+            except KeyFetchError as exc:  # fall back to whatever is cached (or fail closed)
+                log.warning("key refresh for %s failed: %s", need.issuer, exc)
+        try:
+            return self.verify(token, is_revoked)
+        except KeysNeeded as need:
+            raise TokenError("keys_unavailable", f"keys for issuer {need.issuer!r} unavailable") from None
+
+    def _verify_static(self, token: str) -> Principal | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        match = None
+        for ident, expected in self._static:  # no early exit: time independent of which entry matches
+            if hmac.compare_digest(digest, expected) and match is None:
+                match = ident
+        if match is None:
+            return None
+        return Principal(issuer="static", subject=match, claims={}, method="static", static=True)
+
+    def _verify_jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise TokenError("malformed", "malformed JWT") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:
+            raise TokenError("alg_not_allowed", "JWT algorithm not allowed")
+        iss = unverified.get("iss")
+        cfg = self._by_iss.get(iss) if isinstance(iss, str) else None
+        if cfg is None:
+            raise TokenError("unknown_issuer", "JWT issuer is not configured")
+        if alg not in cfg.algorithms:
+            raise TokenError("alg_not_allowed", f"algorithm {alg} not allowed for issuer {cfg.name}")
+        key = self._select_key(cfg, header.get("kid"), alg)
+        try:
+            claims = jwt.decode(
+                token, key=key, algorithms=[alg], audience=cfg.audience, issuer=cfg.issuer,
+                # Time claims are checked below against the injectable clock.
+                options={"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+                         "require": ["iss", "aud", "exp", "iat", "sub"]})
+        except jwt.MissingRequiredClaimError as exc:
+            reason = "bad_audience" if exc.claim == "aud" else "malformed"
+            raise TokenError(reason, f"JWT lacks required claim {exc.claim}") from None
+        except jwt.PyJWTError as exc:
+            reason = next((r for t, r in _JWT_ERRORS if isinstance(exc, t)), "malformed")
+            raise TokenError(reason, f"JWT rejected for issuer {cfg.name}: {reason}") from None
+        self._check_times(claims, cfg.leeway)
+        sub, jti = claims.get("sub"), claims.get("jti")
+        if not isinstance(sub, str) or not sub:
+            raise TokenError("malformed", "JWT subject must be a non-empty string")
+        return Principal(issuer=cfg.name, subject=sub, claims=dict(claims),
+                         token_id=jti if isinstance(jti, str) else None,
+                         expires_at=float(claims["exp"]), method=cfg.type, static=False)
+
+    def _select_key(self, cfg: IssuerConfig, kid: Any, alg: str) -> Any:
+        st = self._state[cfg.name]
+        now = self._clock()
+        keys = st.keys  # snapshot; refresh() swaps the list atomically
+        may_refresh = cfg.remote and (st.in_flight or st.last_attempt is None
+                                      or now - st.last_attempt >= cfg.refresh_interval)
+        if keys is None:
+            if may_refresh:
+                raise KeysNeeded(cfg.name)
+            raise TokenError("keys_unavailable", f"no keys loaded for issuer {cfg.name}")
+        if may_refresh and now - st.fetched_at >= cfg.jwks_max_age:
+            raise KeysNeeded(cfg.name)  # stale set: pick up rotations and removals
+        if kid is not None:
+            candidates = [k for k in keys if k.kid == kid]
+            if not candidates:
+                if may_refresh:
+                    raise KeysNeeded(cfg.name)
+                raise TokenError("unknown_key", f"unknown key id for issuer {cfg.name}")
+        else:
+            candidates = keys
+        fitting = [k for k in candidates if _key_fits(k, alg)]
+        if kid is None and len(fitting) != 1:
+            # Without a kid we do not try every key: that would multiply CPU cost per token.
+            raise TokenError("unknown_key", f"JWT without kid is ambiguous for issuer {cfg.name}")
+        if not fitting:
+            raise TokenError("alg_not_allowed", f"key type does not match algorithm {alg}")
+        return fitting[0].key
+
+    def _check_times(self, claims: dict, leeway: float) -> None:
+        def num(name: str) -> float | None:
+            v = claims.get(name)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TokenError("malformed", f"JWT claim {name} must be a number")
+            return float(v)
+
+        now = self._clock()
+        exp, nbf, iat = num("exp"), num("nbf"), num("iat")
+        if exp <= now - leeway:  # same boundary as PyJWT: expired at exactly exp+leeway
+            raise TokenError("expired", "token expired")
+        if nbf is not None and nbf > now + leeway:
+            raise TokenError("not_yet_valid", "token not yet valid (nbf)")
+        if iat > now + leeway:
+            raise TokenError("not_yet_valid", "token issued in the future (iat)")
+        if iat > exp:
+            raise TokenError("malformed", "token iat is after exp")
+
+
+# --------------------------------------------------------------------- pangate-issued tokens
+
+def keygen(path: str | os.PathLike) -> str:
+    """Write an Ed25519 private key (PEM, 0600) at path and its public key at path+'.pub'.
+
+    Refuses to overwrite an existing private key. Returns the public key path."""
+    path = str(path)
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    # O_EXCL + explicit mode: the key is never briefly world-readable, never clobbered.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(priv)
+    Path(path + ".pub").write_bytes(pub)
+    return path + ".pub"
+
+
+def issue(private_key_path: str | os.PathLike, identity: str, ttl_seconds: float,
+          audience: str = "pangate", issuer: str = "pangate", *,
+          clock: Callable[[], float] = time.time) -> str:
+    """Sign a short-lived EdDSA JWT for ``identity`` with the key from keygen()."""
+    if not identity or ttl_seconds <= 0:
+        raise ValueError("identity must be set and ttl_seconds positive")
+    key = serialization.load_pem_private_key(Path(private_key_path).read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError("pangate signing key must be Ed25519")
+    now = int(clock())
+    claims = {"iss": issuer, "aud": audience, "sub": identity, "jti": secrets.token_urlsafe(16),
+              "iat": now, "nbf": now, "exp": now + int(math.ceil(ttl_seconds))}
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": ed25519_kid(key.public_key())})

@@ -1,0 +1,418 @@
+"""The policy model: who may reach what, loaded and validated from policies.yaml.
+
+Plain data and validation only; decisions live in decide.py and the proxy
+glue in policystore.py. A policy that loads is internally consistent: every
+reference resolves and no secret is written inline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+
+from pangate.policy import yamlpos
+from pangate.policy.schema import Section
+from pangate.policy.yamlpos import PolicyError
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CREDENTIAL_TYPES = ("header", "bearer", "basic", "query", "mtls")
+MASK_MODES = ("bin6last4", "last4", "hmac")
+# Keys that would put a secret in the file itself: the custody model is that
+# secrets come from the environment or a file, so a reviewer of the policy
+# (and its git history) never sees one.
+INLINE_SECRET_KEYS = {"value", "secret", "token", "password", "key", "api_key", "apikey"}
+# Word operators need a space after them, so "inactive" is a value, not "in active".
+_QUERY = re.compile(r"^\s*(<=|>=|==|!=|<|>|=|in(?=\s)|matches(?=\s))?\s*(.*?)\s*$")
+
+
+@dataclass(frozen=True)
+class Issuer:
+    name: str
+    type: str  # "oidc" | "pangate"
+    issuer: str
+    audience: tuple[str, ...]
+    discovery_url: str | None = None
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    public_key_file: str | None = None
+    algorithms: tuple[str, ...] = ()
+    leeway: float = 30.0
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    roles: tuple[str, ...]
+    issuer: str | None = None  # which issuer's tokens may prove it
+    subject: str | None = None  # required `sub`; defaults to the name for pangate tokens
+    claims: tuple[tuple[str, str], ...] = ()  # further required claims
+    static_key_sha256: str | None = None  # declared exception, never the key itself
+    static_key_reason: str | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class QueryRule:
+    param: str
+    op: str  # <= >= < > == != in matches present absent
+    value: object
+    line: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str  # "role/index", named in decisions and audit records
+    destination: str
+    methods: frozenset[str]
+    paths: tuple[str, ...]
+    query: tuple[QueryRule, ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    mode: str  # "enforce" | "report"
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Credential:
+    type: str
+    name: str | None  # header or query parameter name
+    env: str | None
+    file: str | None
+    key_file: str | None = None  # mtls private key
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    hosts: tuple[str, ...]  # exact names or "*.suffix"
+    ports: tuple[int, ...]
+    scheme: str
+    card_data: bool
+    addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    credential: Credential | None
+    line: int
+
+
+@dataclass(frozen=True)
+class Approval:
+    name: str
+    identities: tuple[str, ...]
+    roles: tuple[str, ...]
+    destination: str | None
+    methods: frozenset[str]
+    paths: tuple[str, ...]
+    query: tuple[QueryRule, ...]
+    approvers: tuple[str, ...]  # approver names or "group:NAME"
+    required: int
+    timeout: float
+    mode: str  # "hold" | "grant"
+    grant_window: float
+    ui_resume: bool
+    line: int
+
+
+@dataclass(frozen=True)
+class Approver:
+    name: str
+    groups: tuple[str, ...]
+    # Ed25519 public key (PEM, from `pangate approver keygen`): approvers sign each
+    # decision, so the gateway holds nothing that could forge one.
+    public_key_file: str | None
+
+
+@dataclass(frozen=True)
+class Reveal:
+    identity: str
+    destination: str
+    justification: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Masking:
+    mode: str = "bin6last4"
+    hmac_key_env: str | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    path: str
+    digest: str  # sha256 of the file, recorded with every decision it made
+    issuers: dict[str, Issuer] = field(default_factory=dict)
+    identities: dict[str, Identity] = field(default_factory=dict)
+    roles: dict[str, Role] = field(default_factory=dict)
+    destinations: dict[str, Destination] = field(default_factory=dict)
+    approvals: dict[str, Approval] = field(default_factory=dict)
+    approvers: dict[str, Approver] = field(default_factory=dict)
+    reveals: tuple[Reveal, ...] = ()
+    masking: Masking = Masking()
+
+    def static_key_identities(self) -> list[Identity]:
+        """Identities on a static key: a declared risk, listed in every report."""
+        return [i for i in self.identities.values() if i.static_key_sha256]
+
+
+def load_policy(path: str) -> Policy:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise PolicyError(f"cannot read: {e.strerror}", path) from None
+    return parse_policy(text, path)
+
+
+def parse_policy(text: str, path: str = "<policy>") -> Policy:
+    doc = Section(yamlpos.load(text, path), "", path, 1)
+    doc.keys({"version", "settings", "issuers", "identities", "roles", "destinations",
+              "approvals", "approvers", "reveal"}, {"version"})
+    if doc.get("version") != 1:
+        raise doc.error("version", "only version 1 is known")
+    p = Policy(path=path, digest=hashlib.sha256(text.encode()).hexdigest(),
+               masking=_masking(doc.section("settings")))
+    base = os.path.dirname(os.path.abspath(path)) if path != "<policy>" else os.getcwd()
+    for name, s in doc.named("issuers"):
+        p.issuers[name] = _issuer(name, s, base)
+    for name, s in doc.named("destinations"):
+        p.destinations[name] = _destination(name, s, base)
+    for name, s in doc.named("roles"):
+        p.roles[name] = _role(name, s, p)
+    for name, s in doc.named("identities"):
+        p.identities[name] = _identity(name, s, p)
+    for name, s in doc.named("approvers"):
+        s.keys({"groups", "public_key_file"}, hint={k: "approvers sign with a private key that is never in "
+                                                       "the policy: give public_key_file" for k in INLINE_SECRET_KEYS})
+        p.approvers[name] = Approver(name, s.strs("groups", ()), _file(s, "public_key_file", base))
+    for name, s in doc.named("approvals"):
+        p.approvals[name] = _approval(name, s, p)
+    p_reveals = []
+    for s in doc.items("reveal"):
+        s.keys({"identity", "destination", "justification"}, {"identity", "destination", "justification"})
+        _ref(s, "identity", p.identities)
+        _ref(s, "destination", p.destinations)
+        if len(s.str("justification").split()) < 3:
+            raise s.error("justification", "write why this identity needs to see full card numbers")
+        p_reveals.append(Reveal(s.str("identity"), s.str("destination"), s.str("justification"), s.line()))
+    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals)})
+
+
+def _masking(s: Section | None) -> Masking:
+    if s is None:
+        return Masking()
+    s.keys({"masking"})
+    m = s.section("masking")
+    if m is None:
+        return Masking()
+    m.keys({"mode", "hmac_key_env"})
+    mode = m.str("mode", "bin6last4", MASK_MODES)
+    key_env = m.str("hmac_key_env", None)
+    if mode == "hmac" and not key_env:
+        raise m.error("hmac_key_env", "mode hmac needs the environment variable that holds the key")
+    return Masking(mode, key_env)
+
+
+def _issuer(name: str, s: Section, base: str) -> Issuer:
+    s.keys({"type", "issuer", "audience", "discovery_url", "jwks_uri", "jwks_file",
+            "public_key_file", "algorithms", "leeway", "ca_file"}, {"type"})
+    kind = s.str("type", choices=("oidc", "pangate"))
+    sources = [k for k in ("discovery_url", "jwks_uri", "jwks_file", "public_key_file") if k in s.node]
+    if kind == "oidc" and len(sources) != 1:
+        raise s.error(None, "an oidc issuer needs exactly one of discovery_url, jwks_uri, jwks_file")
+    if kind == "pangate" and sources != ["public_key_file"]:
+        raise s.error(None, "a pangate issuer needs public_key_file (made by `pangate token keygen`)")
+    for url_key in ("discovery_url", "jwks_uri"):
+        if url_key in s.node and not s.str(url_key).startswith("https://"):
+            raise s.error(url_key, "keys are only fetched over https")
+    algs = s.strs("algorithms", ("EdDSA",) if kind == "pangate" else ("RS256", "ES256", "EdDSA"))
+    for alg in algs:
+        if alg not in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"):
+            raise s.error("algorithms", f"{alg!r} is not allowed (asymmetric algorithms only)")
+    return Issuer(name, kind, s.str("issuer", "pangate" if kind == "pangate" else None) or _req(s, "issuer"),
+                  s.strs("audience", ("pangate",)), s.str("discovery_url", None), s.str("jwks_uri", None),
+                  _file(s, "jwks_file", base), _file(s, "public_key_file", base), algs,
+                  s.duration("leeway", 30.0), _file(s, "ca_file", base))
+
+
+def _destination(name: str, s: Section, base: str) -> Destination:
+    s.keys({"host", "hosts", "port", "ports", "scheme", "card_data", "addresses", "credential",
+            "description"})
+    hosts = s.strs("hosts", None) or s.strs("host", None)
+    if not hosts or ("host" in s.node and "hosts" in s.node):
+        raise s.error(None, "give the destination `host` or `hosts`")
+    for h in hosts:
+        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9.:\[\]-]+", h) or h.startswith("*.") and h.count(".") < 2:
+            raise s.error("hosts" if "hosts" in s.node else "host", f"{h!r} is not a host or *.suffix pattern")
+    scheme = s.str("scheme", "https", ("https", "http"))
+    if "ports" in s.node:
+        ports = s.get("ports")
+        if not isinstance(ports, list) or not all(isinstance(x, int) and 0 < x < 65536 for x in ports):
+            raise s.error("ports", "expected a list of port numbers")
+        ports = tuple(ports)
+    else:
+        ports = (s.int("port", 443 if scheme == "https" else 80, 1, 65535),)
+    addresses = []
+    for a in s.strs("addresses", ()):
+        try:
+            addresses.append(ipaddress.ip_network(a, strict=False))
+        except ValueError:
+            raise s.error("addresses", f"{a!r} is not an address or network") from None
+    return Destination(name, tuple(h.lower() for h in hosts), ports, scheme, s.bool("card_data"),
+                       tuple(addresses), _credential(s.section("credential"), base), s.line())
+
+
+def _credential(s: Section | None, base: str) -> Credential | None:
+    if s is None:
+        return None
+    for key in s.node:
+        if key in INLINE_SECRET_KEYS:
+            raise s.error(key, "a secret written in the policy is refused: use env or file")
+    s.keys({"type", "name", "env", "file", "key_file"}, {"type"})
+    kind = s.str("type", choices=CREDENTIAL_TYPES)
+    env, file = s.str("env", None), _file(s, "file", base)
+    if kind == "mtls":
+        if not file or not s.str("key_file", None) or env:
+            raise s.error(None, "an mtls credential needs file (certificate) and key_file")
+    elif bool(env) == bool(file):
+        raise s.error(None, "a credential is read from exactly one of env or file")
+    name = s.str("name", None)
+    if kind in ("header", "query") and not name:
+        raise s.error(None, f"a {kind} credential needs the {kind} name in `name`")
+    return Credential(kind, name, env, file, _file(s, "key_file", base))
+
+
+def _query_rules(s: Section) -> tuple[QueryRule, ...]:
+    q = s.section("query")
+    if q is None:
+        return ()
+    rules = []
+    for param, raw in q.node.items():
+        if isinstance(raw, bool):  # YAML reads yes/no/on/off as booleans: say what is meant
+            raise q.error(param, "write present, absent, or a quoted value")
+        text = str(raw)
+        m = _QUERY.match(text)
+        op, value = (m.group(1) or "=="), m.group(2)
+        if text in ("present", "absent"):
+            op, value = text, None
+        elif op in ("<", "<=", ">", ">="):
+            try:
+                value = float(value)
+            except ValueError:
+                raise q.error(param, f"{op} needs a number, got {value!r}") from None
+        elif op == "in":
+            value = tuple(v.strip() for v in value.strip("[]").split(",") if v.strip())
+        elif op == "matches":
+            try:
+                value = re.compile(value)
+            except re.error as e:
+                raise q.error(param, f"bad pattern: {e}") from None
+        op = "==" if op == "=" else op
+        rules.append(QueryRule(str(param), op, value, q.line(param)))
+    return tuple(rules)
+
+
+def _methods(s: Section) -> frozenset[str]:
+    methods = frozenset(m.upper() for m in s.strs("methods", ("GET",)))
+    bad = sorted(m for m in methods if m not in METHODS and m != "*")
+    if bad:
+        raise s.error("methods", f"unknown method {bad[0]!r}")
+    return frozenset(METHODS) if "*" in methods else methods
+
+
+def _paths(s: Section) -> tuple[str, ...]:
+    paths = s.strs("paths", ("/**",))
+    for p in paths:
+        if not p.startswith("/"):
+            raise s.error("paths", f"{p!r}: a path pattern starts with /")
+    return paths
+
+
+def _role(name: str, s: Section, p: Policy) -> Role:
+    s.keys({"mode", "allow", "description"})
+    rules = []
+    for i, r in enumerate(s.items("allow")):
+        r.keys({"destination", "methods", "paths", "query"}, {"destination"})
+        _ref(r, "destination", p.destinations)
+        rules.append(Rule(f"{name}/{i}", r.str("destination"), _methods(r), _paths(r), _query_rules(r), r.line()))
+    return Role(name, s.str("mode", "enforce", ("enforce", "report")), tuple(rules))
+
+
+def _identity(name: str, s: Section, p: Policy) -> Identity:
+    s.keys({"roles", "issuer", "subject", "claims", "static_key", "description"}, {"roles"},
+           hint={"token": "tokens are never written in the policy; see issuers"})
+    roles = s.strs("roles")
+    for i, role in enumerate(roles):
+        if role not in p.roles:
+            raise s.error("roles", f"unknown role {role!r}")
+    issuer = _ref(s, "issuer", p.issuers) if "issuer" in s.node else None
+    claims = s.section("claims")
+    claim_pairs = ()
+    if claims is not None:
+        for k, v in claims.node.items():
+            if not isinstance(v, (str, int, bool)):
+                raise claims.error(k, "a claim is matched against a plain value")
+        claim_pairs = tuple((str(k), str(v)) for k, v in claims.node.items())
+    static = s.section("static_key")
+    digest = reason = None
+    if static is not None:
+        static.keys({"sha256", "reason"}, {"sha256", "reason"}, hint={k: "store only sha256 of the key" for k in INLINE_SECRET_KEYS})
+        digest, reason = _sha256(static, "sha256"), static.str("reason")
+    if issuer is None and digest is None:
+        raise s.error(None, "an identity is proven by an issuer's token or a declared static_key")
+    return Identity(name, roles, issuer, s.str("subject", None), claim_pairs, digest, reason,
+                    s.str("description", ""))
+
+
+def _approval(name: str, s: Section, p: Policy) -> Approval:
+    s.keys({"identities", "roles", "destination", "methods", "paths", "query", "approvers", "required",
+            "timeout", "mode", "grant_window", "ui_resume"}, {"approvers"})
+    for who in s.strs("identities", ()):
+        if who not in p.identities:
+            raise s.error("identities", f"unknown identity {who!r}")
+    for role in s.strs("roles", ()):
+        if role not in p.roles:
+            raise s.error("roles", f"unknown role {role!r}")
+    dest = _ref(s, "destination", p.destinations) if "destination" in s.node else None
+    approvers = s.strs("approvers")
+    for a in approvers:
+        if not a.startswith("group:") and a not in p.approvers:
+            raise s.error("approvers", f"unknown approver {a!r}")
+        if a.startswith("group:") and not any(a[6:] in ap.groups for ap in p.approvers.values()):
+            raise s.error("approvers", f"no approver is in group {a[6:]!r}")
+    return Approval(name, s.strs("identities", ()), s.strs("roles", ()), dest,
+                    _methods(s) if "methods" in s.node else frozenset(METHODS), _paths(s), _query_rules(s),
+                    approvers, s.int("required", 1, 1, 10), s.duration("timeout", 300.0),
+                    s.str("mode", "hold", ("hold", "grant")), s.duration("grant_window", 900.0),
+                    s.bool("ui_resume"), s.line())
+
+
+def _ref(s: Section, key: str, table: dict) -> str:
+    value = s.str(key)
+    if value not in table:
+        known = ", ".join(sorted(table)) or "none defined"
+        raise s.error(key, f"unknown {key} {value!r} (known: {known})")
+    return value
+
+
+def _sha256(s: Section, key: str) -> str:
+    value = s.str(key)
+    digest = value.removeprefix("sha256:")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise s.error(key, "expected sha256:<64 hex digits> (the hash of the key, never the key)")
+    return digest
+
+
+def _file(s: Section, key: str, base: str) -> str | None:
+    """File paths in a policy are relative to the policy file, wherever the gateway runs."""
+    value = s.str(key, None)
+    return os.path.join(base, value) if value else None
+
+
+def _req(s: Section, key: str):
+    raise s.error(None, f"missing required key {key!r}")

@@ -1,0 +1,340 @@
+"""Session recordings: a masked copy of every flow, in mitmproxy's own flow format.
+
+Readable with `mitmweb -r FILE` / `mitmdump -r FILE`. What is saved is a copy
+scrubbed of everything sensitive: credential headers dropped, injected secrets
+replaced, card numbers masked in URL, headers, bodies and websocket messages.
+Files are written by a background thread, rotate by age and size, and each
+closed file gets a signed digest (`<file>.sig`) that `pangate audit verify`
+checks. If recordings cannot be written the gateway refuses traffic (503)
+until they can, like the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.io import FlowWriter
+
+from pangate.common import events
+from pangate.audit.addon import SECRET_PARAM
+from pangate.audit.keys import load_or_create_signing_key, sign_file
+from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
+from pangate.chain.failsafe import Component, meta, safe_traceback
+from pangate.pan.engine import Masker
+
+log = logging.getLogger("pangate")
+DROP_HEADERS = {h.lower() for h in ("Proxy-Authorization", "Set-Cookie", *CLIENT_CREDENTIAL_HEADERS)}
+WITHHELD = b"[pangate: body withheld from the recording: it could not be decoded to be masked]"
+SUFFIX = ".mitm"
+SYNC_SECONDS = 0.2  # recordings are evidence but not the source of truth: fsync in groups
+BATCH = 256
+
+
+class Scrubber:
+    """Makes the masked copy of a flow that may be stored."""
+
+    def __init__(self, masker: Masker | None = None, secrets=(), header_names=(), query_names=()):
+        self.masker = masker or Masker()
+        self.secrets = [s for s in secrets if s]
+        self.drop = DROP_HEADERS | {h.lower() for h in header_names}
+        self.query_names = {q.lower() for q in query_names}
+
+    def text(self, value: str) -> str:
+        for s in self.secrets:
+            value = value.replace(s, "[secret]")
+        return self.masker.mask_text(value)[0]
+
+    def data(self, value: bytes) -> bytes:
+        for s in self.secrets:
+            value = value.replace(s.encode(), b"[secret]")
+        return self.masker.mask(value)[0]
+
+    def headers(self, headers) -> None:
+        for name in list(headers.keys()):
+            if name.lower() in self.drop:
+                del headers[name]
+            else:
+                headers.set_all(name, [self.text(v) for v in headers.get_all(name)])
+
+    def message(self, msg: http.Message, body_masked: bool = False) -> None:
+        self.headers(msg.headers)
+        if msg.trailers:
+            self.headers(msg.trailers)
+        if body_masked:  # Masking already masked this body in the flow: not scanned twice
+            if self.secrets and msg.raw_content:
+                body = msg.get_content(strict=False) or b""
+                out = body
+                for sec in self.secrets:
+                    out = out.replace(sec.encode(), b"[secret]")
+                if out != body:
+                    msg.content = out
+            return
+        if msg.raw_content:
+            try:
+                body = msg.get_content(strict=True)
+            except ValueError:
+                msg.headers.pop("content-encoding", None)
+                msg.content = WITHHELD
+                return
+            masked = self.data(body)
+            if masked != body:
+                msg.content = masked  # re-encoded per Content-Encoding, as the reader expects
+
+    def flow(self, flow: http.HTTPFlow, copy: bool = True) -> http.HTTPFlow:
+        f = flow.copy() if copy else flow
+        f.metadata = {"pangate": dict(meta(flow))}  # other addons' notes are not vetted: dropped
+        req = f.request
+        for name in list(req.query.keys()):
+            if name.lower() in self.query_names or SECRET_PARAM.search(name):
+                req.query[name] = "[redacted]"
+        req.path = self.text(self.masker.mask_url(req.path)[0])
+        req.authority = self.text(req.authority)
+        self.message(req)
+        if f.response is not None:
+            self.message(f.response, body_masked=bool(meta(f).get("response_masked")))
+            f.response.reason = self.text(f.response.reason)
+        if f.websocket is not None:
+            for m in f.websocket.messages:
+                m.content = self.data(m.content)
+        if f.error is not None:
+            f.error.msg = self.text(f.error.msg)
+        if f.comment:
+            f.comment = self.text(f.comment)
+        return f
+
+
+class RecordingFiles:
+    """Owns the recording files on a background thread: append, rotate, sign."""
+
+    def __init__(self, directory: str, key, rotate_bytes: int, rotate_seconds: float, on_state=None):
+        self.directory = os.path.abspath(directory)
+        self.key, self.rotate_bytes, self.rotate_seconds = key, rotate_bytes, rotate_seconds
+        self.on_state = on_state
+        self.queue: queue.Queue = queue.Queue()
+        self.failure: str | None = None
+        self._fo = self._path = None
+        self._opened = 0.0
+        self._synced, self._dirty = 0.0, False
+        os.makedirs(self.directory, mode=0o750, exist_ok=True)
+        self._seal_leftovers()
+        self.thread = threading.Thread(target=self._run, name="pangate-recorder", daemon=True)
+        self.thread.start()
+
+    def _seal_leftovers(self) -> None:
+        """Files left open by a crash are complete up to their last flow: sign them now."""
+        for name in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, name)
+            if name.endswith(SUFFIX) and not os.path.exists(path + ".sig"):
+                sign_file(path, self.key)
+
+    def put(self, flow) -> None:
+        self.queue.put(flow)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            try:
+                item = self.queue.get(timeout=SYNC_SECONDS)
+            except queue.Empty:
+                item = ...
+            batch = []
+            while item is not ...:
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    break  # the rest waits for the next round; nothing is taken and dropped
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    item = ...
+            pending = [self._scrub(f, scrubber) for f, scrubber in batch]
+            while True:
+                try:
+                    self._write(pending)
+                    if self.failure is not None:
+                        self._state(None)
+                    break
+                except OSError as e:
+                    self._close_quietly()
+                    self._state(f"{type(e).__name__}: {e}")
+                    time.sleep(0.5)  # retry the same flows: nothing recorded is dropped
+        self._rotate()
+
+    @staticmethod
+    def _scrub(flow, scrubber: "Scrubber"):
+        try:
+            return scrubber.flow(flow, copy=False)
+        except Exception as e:  # never store what could not be scrubbed: keep a bare stub instead
+            log.error("pangate recording: a flow could not be scrubbed; only a stub is kept:\n%s", safe_traceback(e))
+            for msg in (flow.request, flow.response):
+                if msg is not None:
+                    msg.headers.clear()
+                    msg.trailers = None
+                    msg.content = WITHHELD
+            flow.request.path = "/"  # path and query can carry card numbers and secrets
+            flow.request.authority = ""
+            if flow.websocket is not None:
+                flow.websocket.messages = []
+            if flow.error is not None:
+                flow.error.msg = "[withheld]"
+            flow.comment = ""
+            flow.metadata = {}
+            return flow
+
+    def _write(self, flows: list) -> None:
+        self._rotate_if_due()
+        while flows:
+            if self._fo is None:
+                self._open()
+            FlowWriter(self._fo).add(flows[0])
+            self._fo.flush()
+            self._dirty = True
+            flows.pop(0)  # written: a retry after a failure resumes after it, no duplicates
+            self._rotate_if_due()
+        now = time.monotonic()
+        if self._dirty and now - self._synced >= SYNC_SECONDS:  # group commit: one fsync per window
+            os.fsync(self._fo.fileno())
+            self._synced, self._dirty = now, False
+
+    def _rotate_if_due(self) -> None:
+        if self._fo is not None and (time.time() - self._opened >= self.rotate_seconds
+                                     or self._fo.tell() >= self.rotate_bytes):
+            self._rotate()
+
+    def _open(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        n = 1
+        while os.path.exists(path := os.path.join(self.directory, f"flows-{stamp}-{n:03d}{SUFFIX}")):
+            n += 1
+        self._fo, self._path, self._opened = open(path, "xb"), path, time.time()
+
+    def _rotate(self) -> None:
+        if self._fo is None:
+            return
+        path = self._path
+        self._fo.flush()
+        os.fsync(self._fo.fileno())
+        self._fo.close()
+        self._fo = None
+        self._dirty = False
+        sign_file(path, self.key)
+
+    def _close_quietly(self) -> None:
+        if self._fo is not None:
+            try:
+                self._fo.close()
+            except OSError:
+                pass
+            self._fo = None
+
+    def _state(self, failure: str | None) -> None:
+        self.failure = failure
+        if self.on_state:
+            self.on_state(failure)
+
+
+class Recorder(Component):
+    """Saves a masked copy of every finished flow to pangate_recordings_dir."""
+
+    problem_code = "recording_unavailable"
+
+    def __init__(self, store, credentials=None):
+        self.store = store
+        self.credentials = credentials
+        self.files: RecordingFiles | None = None
+        self._loop = None
+        self._failed = False
+        self._scrubber: tuple = (None, None, None)  # (policy, secrets, Scrubber): rebuilt when either changes
+
+    def load(self, loader):
+        loader.add_option("pangate_recordings_dir", str, "var/recordings",
+                          "Directory of masked session recordings (mitmproxy flow files); empty disables them.")
+        loader.add_option("pangate_recordings_rotate_mb", int, 64, "Start a new recording file at this size.")
+        loader.add_option("pangate_recordings_rotate_minutes", int, 60, "Start a new recording file this often.")
+
+    def configure(self, updated):
+        keys = {"pangate_recordings_dir", "pangate_recordings_rotate_mb", "pangate_recordings_rotate_minutes",
+                "pangate_audit_key"}
+        if not keys & set(updated):
+            return
+        opts = ctx.options
+        if opts.pangate_recordings_rotate_mb < 1 or opts.pangate_recordings_rotate_minutes < 1:
+            raise exceptions.OptionsError("pangate_recordings_rotate_mb and _minutes must be at least 1")
+        if self.files:
+            self.files.close()
+            self.files = None
+        if not opts.pangate_recordings_dir:
+            return
+        try:
+            key = load_or_create_signing_key(opts.pangate_audit_key)
+            self.files = RecordingFiles(opts.pangate_recordings_dir, key, opts.pangate_recordings_rotate_mb << 20,
+                                        opts.pangate_recordings_rotate_minutes * 60, self._state_changed)
+        except (OSError, ValueError) as e:
+            raise exceptions.OptionsError(f"pangate recordings: {e}") from None
+
+    def running(self):
+        self._loop = asyncio.get_running_loop()
+
+    def done(self):
+        if self.files:
+            self.files.close()
+            self.files = None
+
+    def _state_changed(self, failure: str | None) -> None:
+        """Writer thread: flip health now (the Guard reads it), report from the event loop."""
+        self.healthy = failure is None
+        self.problem = f"session recordings cannot be written ({failure}); requests are refused until they can" \
+            if failure else ""
+        if self._loop is not None and self._failed != (failure is not None):
+            self._failed = failure is not None
+            kind = "recording_write_failed" if failure else "recording_write_recovered"
+            self._loop.call_soon_threadsafe(lambda: events.emit(kind, alert=failure is not None,
+                                                                reason=failure or "recovered"))
+
+    def scrubber(self) -> Scrubber:
+        policy = self.store.policy
+        secret_map = self.credentials.secrets if self.credentials else None
+        if self._scrubber[0] is policy and self._scrubber[1] is secret_map:
+            return self._scrubber[2]
+        headers, params = set(), set()
+        for d in (policy.destinations.values() if policy else ()):
+            if d.credential is not None and d.credential.name:
+                (params if d.credential.type == "query" else headers).add(d.credential.name)
+        secrets = [f for s in secret_map.values() for f in s.forms] if secret_map else []
+        scrubber = Scrubber(secrets=secrets, header_names=headers, query_names=params)
+        self._scrubber = (policy, secret_map, scrubber)
+        return scrubber
+
+    def _save(self, flow) -> None:
+        m = meta(flow)
+        if self.files is None or m.get("recording_saved"):
+            return
+        m["recording_saved"] = True
+        # Scrubbed on the writer thread: masking a copy must not stall the event loop.
+        self.files.put((flow.copy(), self.scrubber()))
+
+    def http_connect(self, flow):
+        if flow.response is not None and flow.response.status_code >= 300:
+            self._save(flow)
+
+    def response(self, flow):
+        if flow.websocket is None:
+            self._save(flow)
+
+    def websocket_end(self, flow):
+        self._save(flow)
+
+    def error(self, flow):
+        self._save(flow)
