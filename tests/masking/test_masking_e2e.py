@@ -456,7 +456,7 @@ def test_streamed_64mb_bounded_memory(gws, up, mint):
     """scripts/stream_1gb.py runs the same check on 1 GB (for the benchmark suite)."""
     import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from stream_1gb import ok, stream_check
 
     res = stream_check(gws, up, mint("app"), 64)
