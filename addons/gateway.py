@@ -18,8 +18,8 @@ from pangate.identity.addon import Identity
 from pangate.masking.addon import Masking
 from pangate.policy.addon import PolicyStore
 from pangate.recording.addon import Recorder
-from pangate.authorize.address import AddressGuard
-from pangate.identity.revocation import Revocations
+from pangate.authorize.addon import AddressGuard
+from pangate.identity.addon import Revocations
 
 store = PolicyStore()
 revocations = Revocations()  # `pangate revoke` writes the list it watches

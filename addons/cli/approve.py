@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from pangate.control.addon import sign_call
+from pangate.control.calls import sign_call
 from pangate.common.keyfiles import keygen_command, read_private
 from pangate.common.webhook import is_loopback
 

@@ -20,7 +20,8 @@ from pangate.common import events
 from pangate.chain import veil
 from pangate.chain.failsafe import Component, meta, refuse, refused
 from pangate.policy.model import Policy
-from pangate.common.periodic import file_stamp
+from pangate.common.periodic import Periodic, file_stamp
+from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
 from pangate.policy.schema import parse_duration
 from pangate.identity.tokens import IssuerConfig, Principal, TokenError, Verifier, parse_proxy_authorization
 
@@ -249,3 +250,85 @@ def caller_name(flow) -> str | None:
 def _peer(flow) -> str | None:
     addr = flow.client_conn.peername
     return f"{addr[0]}:{addr[1]}" if addr else None
+
+
+class Revocations(Periodic, Component):
+    """Loads `pangate_revocations`, reloads it on change, and answers is_revoked()."""
+
+    _had_file = False  # once a list was read, a missing file is a failure, not "nothing revoked"
+
+    def __init__(self):
+        self.current = RevocationList()
+        self._stamp = None
+        self.problem_code = "revocations_unavailable"
+
+    def load(self, loader):
+        loader.add_option("pangate_revocations", str, DEFAULT_PATH,
+                          "Revoked identities and token ids (written by `pangate revoke`), reloaded on change.")
+
+    def configure(self, updated):
+        if "pangate_revocations" in updated:
+            try:
+                self._load(ctx.options.pangate_revocations, announce=False)
+            except ValueError as e:
+                raise exceptions.OptionsError(f"pangate revocations: {e}") from None
+
+    def is_revoked(self, caller) -> str | None:
+        """Why the caller's identity or token is revoked, or None."""
+        lst = self.current
+        hit = lst.identities.get(caller.identity)
+        if hit is not None:
+            return f"identity {caller.identity!r} is revoked: {hit.get('reason', 'revoked')}"
+        jti = caller.principal.token_id
+        if jti and jti in lst.jtis:
+            return f"this token (id {jti}) is revoked: {lst.jtis[jti].get('reason', 'revoked')}"
+        return None
+
+    def _load(self, path: str, announce: bool = True) -> None:
+        stamp = file_stamp(path)
+        if stamp is None and self._had_file:
+            # A list that existed and vanished would silently lift every revocation.
+            raise ValueError(f"{path} disappeared")
+        self._had_file = self._had_file or stamp is not None  # even if it does not parse
+        new = read(path)
+        old, self.current, self._stamp = self.current, new, stamp
+        self.healthy, self.problem = True, ""
+        log.info("pangate revocation list loaded from %s: %d identities, %d token ids",
+                 path, len(new.identities), len(new.jtis))
+        if not announce:
+            return
+        # Held flows (approvals) subscribe to these and end the revoked ones.
+        for name in new.identities.keys() - old.identities.keys():
+            events.emit("revoked", alert=True, identity=name, jti=None, reason=new.identities[name].get("reason"))
+        for jti in new.jtis.keys() - old.jtis.keys():
+            events.emit("revoked", alert=True, identity=None, jti=jti, reason=new.jtis[jti].get("reason"))
+        for name in old.identities.keys() - new.identities.keys():
+            events.emit("unrevoked", identity=name, jti=None)
+        for jti in old.jtis.keys() - new.jtis.keys():
+            events.emit("unrevoked", identity=None, jti=jti)
+
+    async def tick(self):
+        try:
+            self.poll()
+        except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching
+            self.healthy, self._stamp = False, None
+            self.problem = f"the revocation list could not be checked ({type(e).__name__})"
+            log.exception("pangate revocation watcher")
+
+    def poll(self) -> None:
+        """Reload the list if its file changed."""
+        path = ctx.options.pangate_revocations
+        stamp = file_stamp(path)
+        if stamp == self._stamp:
+            return
+        try:
+            self._load(path)
+        except ValueError as e:
+            # An unreadable list may hide a revocation: refuse all traffic until it reads again.
+            self._stamp = stamp
+            self.healthy = False
+            self.problem = f"the revocation list cannot be read ({e}); requests are refused until it can"
+            log.error("pangate %s", self.problem)
+            events.emit("revocations_rejected", alert=True, path=path, error=str(e))
+
+

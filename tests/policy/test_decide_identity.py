@@ -20,8 +20,10 @@ from pangate.policy.decide import address_refusal, destinations_for
 from pangate.identity.addon import Caller, Identity, Throttle
 from pangate.dev.pki import make_ca, make_leaf
 from pangate.policy.model import Credential, parse_policy
-from pangate.authorize.address import AddressGuard, Refused, checked_address
-from pangate.identity.revocation import Revocations, editing, parse, read
+from pangate.authorize.addon import AddressGuard
+from pangate.authorize.address import Refused, checked_address
+from pangate.identity.addon import Revocations
+from pangate.identity.revocation import editing, parse, read
 from pangate.identity.tokens import Principal, keygen
 
 POLICY = """version: 1
