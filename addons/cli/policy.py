@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pangate.policy.model import load_policy
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 
 def register(sub) -> None:

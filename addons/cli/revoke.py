@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 
 from pangate.identity import revocation
 from pangate.policy.model import load_policy
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 
 def register(sub) -> None:

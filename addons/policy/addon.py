@@ -14,7 +14,7 @@ from pangate.common import events
 from pangate.chain.failsafe import Component
 from pangate.common.periodic import Periodic, file_stamp
 from pangate.policy.model import Policy, load_policy
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 log = logging.getLogger("pangate")
 

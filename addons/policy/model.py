@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pangate.policy import yamlpos
 from pangate.policy.schema import Section
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CREDENTIAL_TYPES = ("header", "bearer", "basic", "query", "mtls")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pangate.policy.yamlpos import Map, PolicyError, Seq
+from pangate.policy.errors import PolicyError
+from pangate.policy.yamlpos import Map, Seq
 
 _MISSING = object()
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")

@@ -9,16 +9,7 @@ from __future__ import annotations
 
 import yaml
 
-
-class PolicyError(ValueError):
-    """A policy problem, located: str() gives `file:line: problem`."""
-
-    def __init__(self, message: str, path: str = "<policy>", line: int | None = None):
-        self.message = message
-        self.path = path
-        self.line = line
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {message}")
+from pangate.policy.errors import PolicyError
 
 
 class Map(dict):

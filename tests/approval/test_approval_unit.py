@@ -17,7 +17,7 @@ from pangate.policy.decide import Request
 from pangate.policy.model import parse_policy
 from pangate.identity.tokens import keygen
 from pangate.common.webhook import check_url
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 POLICY = """
 version: 1

@@ -8,7 +8,7 @@ import pytest
 
 from pangate.policy.decide import Request, decide, decide_connect, path_matches
 from pangate.policy.model import parse_policy
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 from harness import ROOT, VENV_BIN
 
