@@ -13,7 +13,7 @@ from mitmproxy import ctx, exceptions
 
 from pangate.approval.model import VoteRefused
 from pangate.chain.failsafe import Component
-from pangate.control.calls import MAX_BODY, CallRefused, Verifier, approver_keys, parse_listen
+from pangate.control.calls import MAX_BODY, CallRefused, CallVerifier, approver_keys, parse_listen
 from pangate.policy.model import Policy
 
 log = logging.getLogger("pangate")
@@ -27,7 +27,7 @@ class Control(Component):
     def __init__(self, store, approval):
         self.store = store
         self.approval = approval
-        self.verifier = Verifier({})
+        self.verifier = CallVerifier({})
         self.listen: tuple[str, int] | None = None
         self.server: asyncio.Server | None = None
         self._running = False

@@ -57,7 +57,7 @@ class CallRefused(Exception):
         self.status = status
 
 
-class Verifier:
+class CallVerifier:
     """Checks signed calls against the approvers' public keys; remembers nonces it saw."""
 
     def __init__(self, keys: dict[str, ed25519.Ed25519PublicKey], clock=time.time):

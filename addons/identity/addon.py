@@ -23,7 +23,7 @@ from pangate.policy.model import Policy
 from pangate.common.periodic import Periodic, file_stamp
 from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
 from pangate.policy.schema import parse_duration
-from pangate.identity.tokens import IssuerConfig, Principal, TokenError, Verifier, parse_proxy_authorization
+from pangate.identity.tokens import IssuerConfig, Principal, TokenError, TokenVerifier, parse_proxy_authorization
 
 log = logging.getLogger("pangate")
 PROXY_AUTH = "Proxy-Authorization"
@@ -66,7 +66,7 @@ def identity_for(policy: Policy, principal: Principal) -> str | None:
 
 
 def verifier_inputs(policy: Policy) -> tuple:
-    """What a Verifier is built from: equal inputs, same verifier (and its cached JWKS)."""
+    """What a TokenVerifier is built from: equal inputs, same verifier (and its cached JWKS)."""
     issuers = [IssuerConfig(name=i.name, issuer=i.issuer, audience=list(i.audience), type=i.type,
                             discovery_url=i.discovery_url, jwks_uri=i.jwks_uri, jwks_file=i.jwks_file,
                             public_key_file=i.public_key_file, algorithms=i.algorithms, leeway=i.leeway,
@@ -116,7 +116,7 @@ class Identity(Component):
     def __init__(self, store, revocations=None):
         self.store = store
         self.revocations = revocations  # anything with is_revoked(caller) -> str | None
-        self.verifier: Verifier | None = None
+        self.verifier: TokenVerifier | None = None
         self._verifier_inputs = None
         self.bound = _BOUND
         self.throttle = Throttle()
@@ -145,7 +145,7 @@ class Identity(Component):
         # Unchanged issuers keep their verifier, so cached JWKS survive a reload.
         inputs = verifier_inputs(policy)
         if self.verifier is None or inputs != self._verifier_inputs:
-            self.verifier = Verifier(inputs[0], inputs[1])
+            self.verifier = TokenVerifier(inputs[0], inputs[1])
             self._verifier_inputs = inputs
             for ident in policy.static_key_identities():  # a declared exception stays visible
                 log.warning("pangate RISK: identity %s uses a static key (%s)", ident.name, ident.static_key_reason)

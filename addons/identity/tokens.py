@@ -2,9 +2,9 @@
 
 Plain module, no mitmproxy import, so it can be unit-tested and reused by the CLI.
 
-Event-loop rule: ``Verifier.verify`` never does I/O. It uses cached keys and raises
-``KeysNeeded`` when a network refresh is wanted; ``Verifier.refresh`` does the
-blocking fetch and is meant to run in a worker thread. ``Verifier.averify`` does
+Event-loop rule: ``TokenVerifier.verify`` never does I/O. It uses cached keys and raises
+``KeysNeeded`` when a network refresh is wanted; ``TokenVerifier.refresh`` does the
+blocking fetch and is meant to run in a worker thread. ``TokenVerifier.averify`` does
 that dance with ``asyncio.to_thread`` so the addon can simply ``await`` it.
 
 Nothing here stores, logs or echoes the raw token: messages are fixed strings.
@@ -257,7 +257,7 @@ _JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeE
 ]
 
 
-class Verifier:
+class TokenVerifier:
     def __init__(self, issuers: Iterable[IssuerConfig], static_keys: dict[str, str] | None = None,
                  fetch: Callable[..., Any] = requests_fetch, clock: Callable[[], float] = time.time,
                  revoked_jtis: set[str] | None = None):

@@ -12,7 +12,7 @@ from mitmproxy.test import taddons, tflow
 from pangate.common import events
 from pangate.approval.addon import Approval, request_digest
 from pangate.approval.model import UI_APPROVER, Ledger, VoteRefused, eligible, rule_for
-from pangate.control.calls import CallRefused, Verifier, approver_keys, load_public_key, parse_listen, sign_call
+from pangate.control.calls import CallRefused, CallVerifier, approver_keys, load_public_key, parse_listen, sign_call
 from pangate.policy.decide import Request
 from pangate.policy.model import parse_policy
 from pangate.identity.tokens import keygen
@@ -153,7 +153,7 @@ def test_revoke_ends_grants_and_waits(policy):
 
 def test_signed_calls(policy, keys):
     clock = Clock()
-    v = Verifier(approver_keys(policy), clock)
+    v = CallVerifier(approver_keys(policy), clock)
     body, auth = sign_call(_priv(keys, "alice"), "alice", "approve", "apr_1")
     clock.now = json.loads(body)["ts"]
     assert v.check(body, auth)["approver"] == "alice"

@@ -10,7 +10,7 @@ import stat
 import pytest
 from jwks_issuer import JwksIssuer
 
-from pangate.identity.tokens import (IssuerConfig, KeysNeeded, Principal, TokenError, Verifier, issue, keygen,
+from pangate.identity.tokens import (IssuerConfig, KeysNeeded, Principal, TokenError, TokenVerifier, issue, keygen,
                             parse_proxy_authorization)
 
 T0 = 1_700_000_000.0
@@ -43,7 +43,7 @@ def clock():
 
 
 def make(idp, clock, **cfg):
-    v = Verifier([idp.issuer_config(**cfg)], clock=clock)
+    v = TokenVerifier([idp.issuer_config(**cfg)], clock=clock)
     return v
 
 
@@ -302,7 +302,7 @@ def test_http_key_urls_refused(fresh_idp):
 
 def test_discovery_issuer_mismatch(fresh_idp, clock):
     cfg = fresh_idp.issuer_config(issuer="https://other.example")
-    v = Verifier([cfg], clock=clock)
+    v = TokenVerifier([cfg], clock=clock)
     tok = fresh_idp.mint(now=clock(), iss="https://other.example")
     assert reason(lambda: asyncio.run(v.averify(tok))) == "keys_unavailable"
 
@@ -318,14 +318,14 @@ def test_injected_fetch_and_in_flight_wait(idp, clock):
             v.verify(tok)
         return idp.jwks()
 
-    v = Verifier([cfg], fetch=fetch, clock=clock)
+    v = TokenVerifier([cfg], fetch=fetch, clock=clock)
     assert asyncio.run(v.averify(tok)).subject == "svc-test"
     assert seen == ["https://idp.invalid/jwks"]
 
     def broken(url, *, ca_file=None):
         raise RuntimeError("boom")
 
-    v2 = Verifier([cfg], fetch=broken, clock=clock)
+    v2 = TokenVerifier([cfg], fetch=broken, clock=clock)
     assert reason(lambda: asyncio.run(v2.averify(tok))) == "keys_unavailable"
 
 
@@ -363,7 +363,7 @@ def test_pangate_keygen_issue_verify(tmp_path, clock):
     with pytest.raises(FileExistsError):
         keygen(key)
     cfg = IssuerConfig(name="local", type="pangate", issuer="pangate", audience="pangate", public_key_file=pub)
-    v = Verifier([cfg], clock=clock)
+    v = TokenVerifier([cfg], clock=clock)
     tok = issue(key, "svc-batch", 120, clock=clock)
     p = v.verify(tok)
     assert (p.issuer, p.subject, p.method, p.expires_at) == ("local", "svc-batch", "pangate", T0 + 120)
@@ -380,14 +380,14 @@ def test_pangate_keygen_issue_verify(tmp_path, clock):
 
 def test_static_keys(clock):
     secret = "pg_static_" + "a" * 40
-    v = Verifier([], static_keys={"legacy-app": "sha256:" + hashlib.sha256(secret.encode()).hexdigest()},
+    v = TokenVerifier([], static_keys={"legacy-app": "sha256:" + hashlib.sha256(secret.encode()).hexdigest()},
                  clock=clock)
     p = v.verify(secret)
     assert (p.subject, p.static, p.method, p.issuer, p.expires_at) == ("legacy-app", True, "static", "static", None)
     assert reason(v.verify, secret + "x") == "unknown_static_key"
     assert reason(v.verify, secret, is_revoked=lambda p: p.static) == "revoked"
     with pytest.raises(ValueError):
-        Verifier([], static_keys={"x": "md5:abcd"})
+        TokenVerifier([], static_keys={"x": "md5:abcd"})
 
 
 # ----------------------------------------------------------------- header parsing
