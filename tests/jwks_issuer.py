@@ -4,7 +4,7 @@ Serves ``/.well-known/openid-configuration`` and ``/jwks.json``, mints tokens an
 lets tests rotate keys or break things on purpose. Nothing here is for production.
 
     with JwksIssuer() as idp:                       # starts the server, stops on exit
-        cfg = idp.issuer_config(name="idp")         # pangate.tokens.IssuerConfig (uses idp.ca_file)
+        cfg = idp.issuer_config(name="idp")         # pangate.policy.model.Issuer (uses idp.ca_file)
         tok = idp.mint(sub="svc-a", alg="ES256")     # signed with the current ES256 key
         new_kid = idp.rotate("RS256")                # fresh key published, old one withdrawn
         idp.hits["/jwks.json"]                       # how many times a path was fetched
@@ -13,7 +13,7 @@ API
     JwksIssuer(audience="pangate", algs=("RS256", "ES256", "EdDSA"), tls=True)
       .start() / .stop() / context manager
       .base_url, .issuer (the "iss" value == base_url), .discovery_url, .jwks_uri
-      .ca_file       PEM of the test CA (pass as IssuerConfig.ca_file or requests verify=)
+      .ca_file       PEM of the test CA (pass as Issuer.ca_file or requests verify=)
       .hits          collections.Counter of request paths served
       .status        HTTP status to answer with (set 503 to simulate an outage)
       .add_key(alg, kid=None, publish=True) -> kid
@@ -28,7 +28,7 @@ API
       .mint_none(**claims) -> str   alg "none", empty signature
       .mint_hs256_confused(kid=None, **claims) -> str
             HS256 whose HMAC secret is the RSA public key PEM (classic alg confusion).
-      .issuer_config(name="idp", **overrides) -> IssuerConfig
+      .issuer_config(name="idp", **overrides) -> Issuer
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def _new_key(alg: str):
         return ec.generate_private_key(ec.SECP256R1())
     if alg == "ES384":
         return ec.generate_private_key(ec.SECP384R1())
+    if alg == "ES512":
+        return ec.generate_private_key(ec.SECP521R1())
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(f"unsupported test alg {alg}")
@@ -276,10 +278,10 @@ class JwksIssuer:
                              lambda m: hmac.new(secret, m, hashlib.sha256).digest())
 
     def issuer_config(self, name: str = "idp", **overrides):
-        from pangate.identity.tokens import IssuerConfig
+        from pangate.policy.model import Issuer
         kw = dict(name=name, type="oidc", issuer=self.issuer, audience=self.audience,
                   discovery_url=self.discovery_url, ca_file=self.ca_file)
         if any(overrides.get(k) for k in ("jwks_uri", "jwks_file", "public_key_file")):
-            kw["discovery_url"] = None  # IssuerConfig wants exactly one key source
+            kw["discovery_url"] = None  # Issuer wants exactly one key source
         kw.update(overrides)
-        return IssuerConfig(**kw)
+        return Issuer(**kw)

@@ -23,7 +23,7 @@ from pangate.policy.model import Policy
 from pangate.common.periodic import Periodic, file_stamp
 from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
 from pangate.policy.schema import parse_duration
-from pangate.identity.tokens import IssuerConfig, Principal, TokenError, TokenVerifier, parse_proxy_authorization
+from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_proxy_authorization
 
 log = logging.getLogger("pangate")
 PROXY_AUTH = "Proxy-Authorization"
@@ -67,10 +67,7 @@ def identity_for(policy: Policy, principal: Principal) -> str | None:
 
 def verifier_inputs(policy: Policy) -> tuple:
     """What a TokenVerifier is built from: equal inputs, same verifier (and its cached JWKS)."""
-    issuers = [IssuerConfig(name=i.name, issuer=i.issuer, audience=list(i.audience), type=i.type,
-                            discovery_url=i.discovery_url, jwks_uri=i.jwks_uri, jwks_file=i.jwks_file,
-                            public_key_file=i.public_key_file, algorithms=i.algorithms, leeway=i.leeway,
-                            ca_file=i.ca_file) for i in policy.issuers.values()]
+    issuers = list(policy.issuers.values())  # the policy's issuers are the verifier's configuration
     static = {i.name: f"sha256:{i.static_key_sha256}" for i in policy.static_key_identities()}
     # A key file replaced under the same name is a change too.
     files = tuple((f, file_stamp(f)) for i in issuers for f in (i.jwks_file, i.public_key_file, i.ca_file) if f)

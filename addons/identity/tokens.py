@@ -36,17 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from pangate.common.keyfiles import read_public
+from pangate.policy.model import SUPPORTED_ALGORITHMS, Issuer
 
 log = logging.getLogger("pangate.identity.tokens")
 
 MAX_TOKEN_LEN = 16 * 1024  # far above any real JWT; caps parsing/hashing work
 MAX_DOC_BYTES = 1024 * 1024  # discovery/JWKS documents larger than this are refused
 MAX_JWKS_KEYS = 100
-DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
-# Only asymmetric algorithms can ever be allowed: with HS* the verifier's public
-# key would double as a forging secret, and "none" needs no key at all.
-SUPPORTED_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 
 
@@ -72,60 +68,13 @@ class KeyFetchError(Exception):
 
 @dataclass(frozen=True)
 class Principal:
-    issuer: str  # IssuerConfig.name, or "static"
+    issuer: str  # Issuer.name, or "static"
     subject: str
     claims: dict = field(default_factory=dict, hash=False, compare=False)  # verified payload only
     token_id: str | None = None
     expires_at: float | None = None
     method: str = "oidc"  # "oidc" | "pangate" | "static"
     static: bool = False
-
-
-@dataclass(frozen=True)
-class IssuerConfig:
-    """One trusted issuer. Exactly one key source: discovery_url, jwks_uri, jwks_file
-    (type oidc) or public_key_file (type pangate; jwks_file also accepted)."""
-
-    name: str
-    issuer: str  # expected "iss" value; also how tokens are routed to this config
-    audience: str | list[str]
-    type: str = "oidc"
-    discovery_url: str | None = None
-    jwks_uri: str | None = None
-    jwks_file: str | None = None
-    public_key_file: str | None = None
-    algorithms: tuple[str, ...] | None = None  # None -> per-type default
-    leeway: float = 30.0  # clock skew tolerance, seconds
-    ca_file: str | None = None  # extra CA bundle for a private IdP; TLS is always verified
-    refresh_interval: float = 60.0  # min seconds between fetch attempts (anti kid-spraying)
-    jwks_max_age: float = 3600.0  # cached JWKS older than this is re-fetched when allowed
-    discovery_max_age: float = 86400.0
-
-    def __post_init__(self):
-        if self.type not in ("oidc", "pangate"):
-            raise ValueError(f"issuer {self.name}: type must be 'oidc' or 'pangate'")
-        sources = [s for s in (self.discovery_url, self.jwks_uri, self.jwks_file, self.public_key_file) if s]
-        if len(sources) != 1:
-            raise ValueError(f"issuer {self.name}: exactly one key source is required")
-        if self.type == "pangate" and not (self.public_key_file or self.jwks_file):
-            raise ValueError(f"issuer {self.name}: pangate issuers use public_key_file or jwks_file")
-        for url in (self.discovery_url, self.jwks_uri):
-            if url and urlsplit(url).scheme != "https":
-                raise ValueError(f"issuer {self.name}: key URLs must be https")
-        if not self.issuer or not self.audience:
-            raise ValueError(f"issuer {self.name}: issuer and audience must be set explicitly")
-        algs = self.algorithms
-        if algs is None:
-            algs = ("EdDSA",) if self.type == "pangate" else DEFAULT_ALGORITHMS
-        algs = tuple(algs)
-        bad = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
-        if bad or not algs:
-            raise ValueError(f"issuer {self.name}: algorithms not allowed: {bad or 'empty'}")
-        object.__setattr__(self, "algorithms", algs)
-
-    @property
-    def remote(self) -> bool:
-        return bool(self.discovery_url or self.jwks_uri)
 
 
 # --------------------------------------------------------------------- header parsing
@@ -258,13 +207,13 @@ _JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeE
 
 
 class TokenVerifier:
-    def __init__(self, issuers: Iterable[IssuerConfig], static_keys: dict[str, str] | None = None,
+    def __init__(self, issuers: Iterable[Issuer], static_keys: dict[str, str] | None = None,
                  fetch: Callable[..., Any] = requests_fetch, clock: Callable[[], float] = time.time,
                  revoked_jtis: set[str] | None = None):
         self._fetch, self._clock = fetch, clock
         self.revoked_jtis: set[str] = revoked_jtis if revoked_jtis is not None else set()
-        self._by_name: dict[str, IssuerConfig] = {}
-        self._by_iss: dict[str, IssuerConfig] = {}
+        self._by_name: dict[str, Issuer] = {}
+        self._by_iss: dict[str, Issuer] = {}
         for cfg in issuers:
             if cfg.name in self._by_name or cfg.issuer in self._by_iss or cfg.name == "static":
                 raise ValueError(f"duplicate or reserved issuer {cfg.name!r}/{cfg.issuer!r}")
@@ -298,7 +247,7 @@ class TokenVerifier:
                 st.in_flight = False
             return True
 
-    def _load(self, cfg: IssuerConfig, st: _State, now: float) -> None:
+    def _load(self, cfg: Issuer, st: _State, now: float) -> None:
         if cfg.public_key_file:
             st.keys = [self._load_public_key(cfg.public_key_file)]
         elif cfg.jwks_file:
@@ -316,7 +265,7 @@ class TokenVerifier:
                 raise KeyFetchError(f"key fetch for {cfg.name} failed: {type(exc).__name__}") from exc
         st.fetched_at = now
 
-    def _jwks_uri(self, cfg: IssuerConfig, st: _State, now: float) -> str:
+    def _jwks_uri(self, cfg: Issuer, st: _State, now: float) -> str:
         if cfg.jwks_uri:
             return cfg.jwks_uri
         if st.jwks_uri and now - st.discovery_at < cfg.discovery_max_age:
@@ -414,7 +363,7 @@ class TokenVerifier:
                          token_id=jti if isinstance(jti, str) else None,
                          expires_at=float(claims["exp"]), method=cfg.type, static=False)
 
-    def _select_key(self, cfg: IssuerConfig, kid: Any, alg: str) -> Any:
+    def _select_key(self, cfg: Issuer, kid: Any, alg: str) -> Any:
         st = self._state[cfg.name]
         now = self._clock()
         keys = st.keys  # snapshot; refresh() swaps the list atomically

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from pangate.policy import yamlpos
 from pangate.policy.schema import Section
@@ -28,19 +29,62 @@ INLINE_SECRET_KEYS = {"value", "secret", "token", "password", "key", "api_key", 
 _QUERY = re.compile(r"^\s*(<=|>=|==|!=|<|>|=|in(?=\s)|matches(?=\s))?\s*(.*?)\s*$")
 
 
+# Only asymmetric algorithms can ever be allowed: with HS* the verifier's public
+# key would double as a forging secret, and "none" needs no key at all.
+SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
+DEFAULT_ALGORITHMS = {"oidc": ("RS256", "ES256", "EdDSA"), "pangate": ("EdDSA",)}
+ISSUER_TYPES = tuple(DEFAULT_ALGORITHMS)
+
+
 @dataclass(frozen=True)
 class Issuer:
+    """One trusted token issuer: what the policy declares and what the token verifier uses.
+
+    Exactly one key source: discovery_url, jwks_uri, jwks_file (type oidc) or
+    public_key_file (type pangate; jwks_file also accepted). The policy parser
+    checks the same rules first, with the line of the offending key; these
+    checks make an issuer built in code just as trustworthy."""
+
     name: str
-    type: str  # "oidc" | "pangate"
-    issuer: str
-    audience: tuple[str, ...]
+    issuer: str  # expected "iss" value; also how tokens are routed to this issuer
+    audience: tuple[str, ...]  # a single string is taken as a tuple of one
+    type: str = "oidc"  # "oidc" | "pangate"
     discovery_url: str | None = None
     jwks_uri: str | None = None
     jwks_file: str | None = None
     public_key_file: str | None = None
-    algorithms: tuple[str, ...] = ()
-    leeway: float = 30.0
-    ca_file: str | None = None
+    algorithms: tuple[str, ...] | None = None  # None -> DEFAULT_ALGORITHMS of the type
+    leeway: float = 30.0  # clock skew tolerance, seconds
+    ca_file: str | None = None  # extra CA bundle for a private IdP; TLS is always verified
+    refresh_interval: float = 60.0  # min seconds between fetch attempts (anti kid-spraying)
+    jwks_max_age: float = 3600.0  # cached JWKS older than this is re-fetched when allowed
+    discovery_max_age: float = 86400.0
+
+    def __post_init__(self):
+        if self.type not in ISSUER_TYPES:
+            raise ValueError(f"issuer {self.name}: type must be 'oidc' or 'pangate'")
+        sources = [s for s in (self.discovery_url, self.jwks_uri, self.jwks_file, self.public_key_file) if s]
+        if len(sources) != 1:
+            raise ValueError(f"issuer {self.name}: exactly one key source is required")
+        if self.type == "pangate" and not (self.public_key_file or self.jwks_file):
+            raise ValueError(f"issuer {self.name}: pangate issuers use public_key_file or jwks_file")
+        for url in (self.discovery_url, self.jwks_uri):
+            if url and urlsplit(url).scheme != "https":
+                raise ValueError(f"issuer {self.name}: key URLs must be https")
+        audience = (self.audience,) if isinstance(self.audience, str) else tuple(self.audience or ())
+        if not self.issuer or not audience or not all(audience):
+            raise ValueError(f"issuer {self.name}: issuer and audience must be set explicitly")
+        algs = DEFAULT_ALGORITHMS[self.type] if self.algorithms is None else tuple(self.algorithms)
+        bad = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
+        if bad or not algs:
+            raise ValueError(f"issuer {self.name}: algorithms not allowed: {bad or 'empty'}")
+        object.__setattr__(self, "audience", audience)
+        object.__setattr__(self, "algorithms", algs)
+
+    @property
+    def remote(self) -> bool:
+        """Keys are fetched over the network (and refreshed), not read from a file."""
+        return bool(self.discovery_url or self.jwks_uri)
 
 
 @dataclass(frozen=True)
@@ -221,7 +265,7 @@ def _masking(s: Section | None) -> Masking:
 def _issuer(name: str, s: Section, base: str) -> Issuer:
     s.keys({"type", "issuer", "audience", "discovery_url", "jwks_uri", "jwks_file",
             "public_key_file", "algorithms", "leeway", "ca_file"}, {"type"})
-    kind = s.str("type", choices=("oidc", "pangate"))
+    kind = s.str("type", choices=ISSUER_TYPES)
     sources = [k for k in ("discovery_url", "jwks_uri", "jwks_file", "public_key_file") if k in s.node]
     if kind == "oidc" and len(sources) != 1:
         raise s.error(None, "an oidc issuer needs exactly one of discovery_url, jwks_uri, jwks_file")
@@ -230,14 +274,19 @@ def _issuer(name: str, s: Section, base: str) -> Issuer:
     for url_key in ("discovery_url", "jwks_uri"):
         if url_key in s.node and not s.str(url_key).startswith("https://"):
             raise s.error(url_key, "keys are only fetched over https")
-    algs = s.strs("algorithms", ("EdDSA",) if kind == "pangate" else ("RS256", "ES256", "EdDSA"))
+    algs = s.strs("algorithms", DEFAULT_ALGORITHMS[kind])
     for alg in algs:
-        if alg not in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"):
+        if alg not in SUPPORTED_ALGORITHMS:
             raise s.error("algorithms", f"{alg!r} is not allowed (asymmetric algorithms only)")
-    return Issuer(name, kind, s.str("issuer", "pangate" if kind == "pangate" else None) or _req(s, "issuer"),
-                  s.strs("audience", ("pangate",)), s.str("discovery_url", None), s.str("jwks_uri", None),
-                  _file(s, "jwks_file", base), _file(s, "public_key_file", base), algs,
-                  s.duration("leeway", 30.0), _file(s, "ca_file", base))
+    fields = dict(name=name, type=kind, audience=s.strs("audience", ("pangate",)),
+                  issuer=s.str("issuer", "pangate" if kind == "pangate" else None) or _req(s, "issuer"),
+                  discovery_url=s.str("discovery_url", None), jwks_uri=s.str("jwks_uri", None),
+                  jwks_file=_file(s, "jwks_file", base), public_key_file=_file(s, "public_key_file", base),
+                  algorithms=algs, leeway=s.duration("leeway", 30.0), ca_file=_file(s, "ca_file", base))
+    try:
+        return Issuer(**fields)
+    except ValueError as e:  # the model's own checks, should one ever be stricter: still located
+        raise s.error(None, str(e)) from None
 
 
 def _destination(name: str, s: Section, base: str) -> Destination:

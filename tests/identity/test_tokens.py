@@ -10,8 +10,9 @@ import stat
 import pytest
 from jwks_issuer import JwksIssuer
 
-from pangate.identity.tokens import (IssuerConfig, KeysNeeded, Principal, TokenError, TokenVerifier, issue, keygen,
-                            parse_proxy_authorization)
+from pangate.identity.tokens import (KeysNeeded, Principal, TokenError, TokenVerifier, issue, keygen,
+                                    parse_proxy_authorization)
+from pangate.policy.model import Issuer, parse_policy
 
 T0 = 1_700_000_000.0
 
@@ -297,7 +298,7 @@ def test_tls_is_verified(fresh_idp, clock):
 
 def test_http_key_urls_refused(fresh_idp):
     with pytest.raises(ValueError):
-        IssuerConfig(name="x", issuer="i", audience="a", jwks_uri="http://127.0.0.1/jwks")
+        Issuer(name="x", issuer="i", audience="a", jwks_uri="http://127.0.0.1/jwks")
 
 
 def test_discovery_issuer_mismatch(fresh_idp, clock):
@@ -353,6 +354,34 @@ def test_jwks_with_symmetric_key_ignored(idp, clock, tmp_path):
     assert all(k.kid != "hmac" for k in v._state["idp"].keys)
 
 
+# ----------------------------------------------------------------- one issuer model
+
+@pytest.mark.parametrize("alg", ["ES512", "PS384"])
+def test_policy_issuer_is_the_verifier_config(idp, clock, tmp_path, alg):
+    """Whatever algorithm the verifier supports, a policy may allow (they once drifted: ES512)."""
+    kid = idp.add_key(alg)
+    jwks = idp.write_jwks(tmp_path / "jwks.json")
+    policy = parse_policy(f"""
+version: 1
+issuers:
+  idp: {{type: oidc, issuer: "{idp.issuer}", audience: {idp.audience}, jwks_file: {jwks}, algorithms: [{alg}]}}
+""", str(tmp_path / "policies.yaml"))
+    cfg = policy.issuers["idp"]
+    assert cfg.algorithms == (alg,) and cfg.audience == (idp.audience,)
+    v = TokenVerifier(policy.issuers.values(), clock=clock)
+    assert v.verify(idp.mint(alg=alg, kid=kid, now=clock())).issuer == "idp"
+    assert reason(v.verify, idp.mint(alg="RS256", now=clock())) == "alg_not_allowed"
+
+
+def test_issuer_model_refuses_what_the_policy_refuses():
+    for bad in ("HS256", "none"):
+        with pytest.raises(ValueError, match="not allowed"):
+            Issuer(name="x", type="oidc", issuer="i", audience="a", jwks_file="/k", algorithms=(bad,))
+    with pytest.raises(ValueError, match="exactly one key source"):
+        Issuer(name="x", type="oidc", issuer="i", audience="a", jwks_file="/k", jwks_uri="https://i/k")
+    assert Issuer(name="x", type="pangate", issuer="i", audience="a", public_key_file="/k").algorithms == ("EdDSA",)
+
+
 # ----------------------------------------------------------------- pangate-issued tokens
 
 def test_pangate_keygen_issue_verify(tmp_path, clock):
@@ -362,7 +391,7 @@ def test_pangate_keygen_issue_verify(tmp_path, clock):
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
     with pytest.raises(FileExistsError):
         keygen(key)
-    cfg = IssuerConfig(name="local", type="pangate", issuer="pangate", audience="pangate", public_key_file=pub)
+    cfg = Issuer(name="local", type="pangate", issuer="pangate", audience="pangate", public_key_file=pub)
     v = TokenVerifier([cfg], clock=clock)
     tok = issue(key, "svc-batch", 120, clock=clock)
     p = v.verify(tok)
