@@ -17,6 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pangate.common.files import create_key_pair, write_atomic
+
 log = logging.getLogger("pangate.audit.addon")
 
 
@@ -40,18 +42,7 @@ def load_or_create_signing_key(path: str) -> Ed25519PrivateKey:
         return serialization.load_pem_private_key(data, password=None)
     except FileNotFoundError:
         pass
-    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # O_EXCL: never clobber a key
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
-    _write_atomic(path + ".pub", key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    return key
+    return create_key_pair(path)  # O_EXCL: a key made meanwhile by another process is never clobbered
 
 
 def load_public_key(src) -> Ed25519PublicKey:
@@ -69,16 +60,6 @@ def load_public_key(src) -> Ed25519PublicKey:
     if b"PRIVATE KEY" in data:
         return serialization.load_pem_private_key(data, password=None).public_key()
     return serialization.load_pem_public_key(data)
-
-
-def _write_atomic(path: str, data: bytes, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _file_digest(path: str) -> tuple[str, int]:
@@ -103,7 +84,7 @@ def sign_file(path: str, key: Ed25519PrivateKey) -> dict:
            "key_id": key_id(key.public_key()),
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "sig": base64.b64encode(key.sign(_file_message(name, size, digest))).decode()}
-    _write_atomic(path + ".sig", json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    write_atomic(path + ".sig", json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n")
     return doc
 
 

@@ -49,7 +49,8 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.audit.keys import _write_atomic, key_id
+from pangate.audit.keys import key_id
+from pangate.common.files import write_atomic
 
 log = logging.getLogger("pangate.audit.addon")
 
@@ -278,7 +279,7 @@ class AuditWriter:
             aside = f"{newest}.torn-{utc_day(time.time())}-{time.time_ns()}"
             with open(newest, "rb") as f:
                 f.seek(cut)
-                _write_atomic(aside, f.read(), 0o640)
+                write_atomic(aside, f.read(), 0o640)
             with open(newest, "r+b") as f:
                 f.truncate(cut)
                 os.fsync(f.fileno())

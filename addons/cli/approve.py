@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from pangate.control.calls import sign_call
-from pangate.common.keyfiles import keygen_command, read_private
+from pangate.common.files import keygen_command, read_private
 from pangate.common.webhook import is_loopback
 
 DEFAULT_CONTROL = "http://127.0.0.1:8089"

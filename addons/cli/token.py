@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pangate.policy.schema import parse_duration
-from pangate.common.keyfiles import keygen_command
+from pangate.common.files import keygen_command
 from pangate.identity.tokens import issue
 
 

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from pangate.common.keyfiles import read_public
+from pangate.common.files import read_public
 from pangate.policy.model import Policy
 
 log = logging.getLogger("pangate")

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from mitmproxy import ctx, exceptions
 
 from pangate.common import events
-from pangate.audit.keys import _write_atomic
+from pangate.common.files import write_atomic
 from pangate.audit.log import list_audit_files
 from pangate.export.transport import TRANSPORTS, ExportError, parse_url
 from pangate.chain.failsafe import Component
@@ -77,7 +77,7 @@ class Exporter:
                               "remove it to resend the whole log") from None
 
     def _save_state(self) -> None:
-        _write_atomic(self.state_path, json.dumps({"acked_seq": self.acked, "url": self.url.split("?")[0],
+        write_atomic(self.state_path, json.dumps({"acked_seq": self.acked, "url": self.url.split("?")[0],
                                                    "time": time.time()}).encode(), 0o640)
 
     def _run(self) -> None:

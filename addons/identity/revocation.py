@@ -16,10 +16,10 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 
+from pangate.common.files import write_atomic
 
 log = logging.getLogger("pangate")
 DEFAULT_PATH = "var/revocations.json"
@@ -76,23 +76,7 @@ def editing(path: str):
         fcntl.flock(lock, fcntl.LOCK_EX)  # two operators revoking at once both land
         current = read(path)
         yield current
-        fd, tmp = tempfile.mkstemp(prefix=".revocations-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(current.to_json() + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # the rename itself survives a crash
-        finally:
-            os.close(dir_fd)
+        write_atomic(path, (current.to_json() + "\n").encode(), 0o644)
 
 
 def valid_name(name: str) -> bool:

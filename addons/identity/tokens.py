@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from pangate.common.keyfiles import read_public
+from pangate.common.files import create_key_pair, read_public
 from pangate.policy.model import SUPPORTED_ALGORITHMS, Issuer
 
 log = logging.getLogger("pangate.identity.tokens")
@@ -417,19 +417,9 @@ class TokenVerifier:
 def keygen(path: str | os.PathLike) -> str:
     """Write an Ed25519 private key (PEM, 0600) at path and its public key at path+'.pub'.
 
-    Refuses to overwrite an existing private key. Returns the public key path."""
-    path = str(path)
-    key = ed25519.Ed25519PrivateKey.generate()
-    priv = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-    # O_EXCL + explicit mode: the key is never briefly world-readable, never clobbered.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(priv)
-    Path(path + ".pub").write_bytes(pub)
-    return path + ".pub"
+    Refuses to overwrite an existing private key; creates missing folders. Returns the public key path."""
+    create_key_pair(path)
+    return os.fspath(path) + ".pub"
 
 
 def issue(private_key_path: str | os.PathLike, identity: str, ttl_seconds: float,

@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 
 import pytest
+from harness import VENV_BIN
 from jwks_issuer import JwksIssuer
 
 from pangate.identity.tokens import (KeysNeeded, Principal, TokenError, TokenVerifier, issue, keygen,
@@ -403,6 +405,34 @@ def test_pangate_keygen_issue_verify(tmp_path, clock):
     other = tmp_path / "other.pem"
     keygen(other)
     assert reason(v.verify, issue(other, "svc-batch", 120, clock=clock)) == "unknown_key"
+
+
+@pytest.mark.parametrize("command", [("approver", "keygen"), ("token", "keygen")])
+def test_cli_keygen_makes_missing_folders(tmp_path, command):
+    """`pangate approver keygen --key ~/.pangate/alice.key` on a machine without ~/.pangate."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    run = lambda: subprocess.run([str(VENV_BIN / "pangate"), *command, "--key", "~/.pangate/alice.key"],
+                                 capture_output=True, text=True, timeout=60, env=env)
+    res = run()
+    assert res.returncode == 0, res.stderr
+    key = home / ".pangate" / "alice.key"
+    assert stat.S_IMODE(os.stat(key.parent).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(str(key) + ".pub").st_mode) == 0o644
+    assert str(key) + ".pub" in res.stdout
+    before = key.read_bytes()
+    again = run()
+    assert again.returncode == 1 and "not overwritten" in again.stderr and "Traceback" not in again.stderr
+    assert key.read_bytes() == before
+
+
+def test_cli_keygen_unwritable_folder_is_a_message(tmp_path):
+    (tmp_path / "afile").write_text("")  # a folder that cannot be made, even by root
+    res = subprocess.run([str(VENV_BIN / "pangate"), "approver", "keygen", "--key", str(tmp_path / "afile" / "a.key")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "cannot write the key" in res.stderr and "Traceback" not in res.stderr
 
 
 # ----------------------------------------------------------------- static keys
