@@ -7,13 +7,11 @@ the event loop; failures are logged, never retried in the data path.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
-import ssl
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
+
+from pangate.common import http
 
 log = logging.getLogger("pangate")
 TIMEOUT = 5.0
@@ -61,22 +59,21 @@ class Notifier:
     def __init__(self):
         self.url = ""
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pangate-webhook")
-        self._tls = ssl.create_default_context()  # verified against the system roots, always
 
     def send(self, payload: dict) -> None:
         if self.url:
             self._pool.submit(self._post, self.url, payload)
 
     def _post(self, url: str, payload: dict) -> None:
-        req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "pangate"})
+        # Verified against the system roots, no proxy from the environment: the
+        # notification goes straight to its receiver (see common/http.py).
         try:
-            # No proxy from the environment: the notification goes straight to its receiver.
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                 urllib.request.HTTPSHandler(context=self._tls))
-            with opener.open(req, timeout=TIMEOUT) as resp:
-                resp.read(1024)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            log.error("pangate approval webhook to %s failed: %s", urlsplit(url).netloc, e)
+            with http.session(timeout=TIMEOUT) as client, client.post(url, json=payload, stream=True) as resp:
+                status = resp.status_code
+        except http.RequestException as e:
+            log.error("pangate approval webhook to %s failed: %s", urlsplit(url).netloc, type(e).__name__)
+            return
+        if status // 100 != 2:
+            log.error("pangate approval webhook to %s failed: HTTP %d", urlsplit(url).netloc, status)
         else:
             log.info("pangate approval webhook sent for %s", payload.get("approval_id"))

@@ -30,11 +30,11 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import jwt
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from pangate.common import http
 from pangate.common.files import create_key_pair, read_public
 from pangate.policy.model import SUPPORTED_ALGORITHMS, Issuer
 
@@ -164,13 +164,16 @@ def parse_jwks(doc: Any) -> list[_Key]:
     return out
 
 
-def requests_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0) -> Any:
-    """Default fetcher: https only, TLS verified (system bundle or ca_file), no redirects, size cap."""
+def https_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0) -> Any:
+    """Default fetcher: https only, TLS verified (system roots or ca_file), no redirects, size cap."""
     if urlsplit(url).scheme != "https":
         raise KeyFetchError("refusing to fetch keys over plain http")
     try:
-        with requests.get(url, timeout=timeout, verify=ca_file or True, allow_redirects=False,
-                          stream=True, headers={"Accept": "application/json"}) as resp:
+        client = http.session(ca_file, timeout)
+    except ValueError as exc:
+        raise KeyFetchError(str(exc)) from None
+    try:
+        with client, client.get(url, stream=True, headers={"Accept": "application/json"}) as resp:
             if resp.status_code != 200:
                 raise KeyFetchError(f"HTTP {resp.status_code} from {url}")
             body = b""
@@ -179,7 +182,7 @@ def requests_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0
                 if len(body) > MAX_DOC_BYTES:
                     raise KeyFetchError(f"document too large at {url}")
         return json.loads(body)
-    except requests.RequestException as exc:
+    except http.RequestException as exc:
         raise KeyFetchError(f"fetch failed for {url}: {type(exc).__name__}") from exc
     except ValueError as exc:
         raise KeyFetchError(f"invalid JSON at {url}") from exc
@@ -208,7 +211,7 @@ _JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeE
 
 class TokenVerifier:
     def __init__(self, issuers: Iterable[Issuer], static_keys: dict[str, str] | None = None,
-                 fetch: Callable[..., Any] = requests_fetch, clock: Callable[[], float] = time.time,
+                 fetch: Callable[..., Any] = https_fetch, clock: Callable[[], float] = time.time,
                  revoked_jtis: set[str] | None = None):
         self._fetch, self._clock = fetch, clock
         self.revoked_jtis: set[str] = revoked_jtis if revoked_jtis is not None else set()
