@@ -34,7 +34,7 @@ from mitmproxy import ctx, exceptions
 from pangate.common import events
 from pangate.common.files import write_atomic
 from pangate.audit.log import list_audit_files
-from pangate.export.transport import TRANSPORTS, ExportError, parse_url
+from pangate.export.transport import ExportError, from_url
 from pangate.chain.failsafe import Component
 
 log = logging.getLogger("pangate")
@@ -169,13 +169,13 @@ class Export(Component):
         if not {"pangate_export", "pangate_audit_dir"} & set(updated):
             return
         try:
-            transports = [(url, parse_url(url)) for url in ctx.options.pangate_export]
+            transports = [(url, from_url(url)) for url in ctx.options.pangate_export]
         except ExportError as e:
             raise exceptions.OptionsError(f"pangate_export: {e}") from None
         self._stop_all()
-        for url, (kind, params) in transports:
+        for url, transport in transports:
             try:
-                exp = Exporter(url, ctx.options.pangate_audit_dir, TRANSPORTS[kind](**params),
+                exp = Exporter(url, ctx.options.pangate_audit_dir, transport,
                                durable=self._durable, on_outage=self._outage)
             except ExportError as e:
                 raise exceptions.OptionsError(f"pangate_export {url.split('?')[0]}: {e}") from None

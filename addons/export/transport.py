@@ -1,26 +1,122 @@
 """Transports of the SIEM exporters: each sends one batch of audit lines or raises.
 
+A transport is one class, registered for its URL scheme(s) with @transport:
+
+    @transport("myproto")
+    class MySink:
+        @classmethod
+        def from_url(cls, url: str) -> "MySink": ...   # check the URL, no I/O; ExportError says what is wrong
+        def send(self, lines: list[bytes]) -> None: ... # one batch of audit lines (JSON, no newline)
+        def close(self) -> None: ...                    # drop the connection; send() may reconnect
+
 `send` returns only when the collector has the batch (as far as the protocol
-lets us know); raising makes the exporter retry the same batch later.
+lets us know); raising (ExportError or OSError) makes the exporter close the
+transport and retry the same batch later. `from_url` turns a `pangate_export`
+URL into a transport of the class registered for its scheme.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import select
 import socket
 import ssl
 import sys
+from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-HOSTNAME = socket.gethostname() or "-"
+from pangate.common import http
 from pangate.common.webhook import is_loopback
+
+HOSTNAME = socket.gethostname() or "-"
 
 
 class ExportError(Exception):
     """A destination that is misconfigured or refused a batch."""
+
+
+class Transport(Protocol):
+    @classmethod
+    def from_url(cls, url: str) -> "Transport": ...
+
+    def send(self, lines: list[bytes]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+TRANSPORTS: dict[str, type[Transport]] = {}  # URL scheme -> transport class
+
+
+def transport(*schemes: str):
+    """Class decorator: export URLs with these schemes are sent by this class."""
+    def register(cls):
+        for scheme in schemes:
+            if scheme in TRANSPORTS:
+                raise ValueError(f"export scheme {scheme!r} registered twice")
+            TRANSPORTS[scheme] = cls
+        return cls
+    return register
+
+
+def from_url(url: str) -> Transport:
+    """The transport for one export URL; ExportError says what is wrong with it."""
+    cls = TRANSPORTS.get(urlsplit(url).scheme.lower())
+    if cls is None:
+        raise ExportError(f"unknown export destination {url.split('?')[0]!r} (use one of: {', '.join(TRANSPORTS)})")
+    return cls.from_url(url)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What every network transport takes from its URL, checked the same way for all."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    query: dict
+    ca: str | None  # ?ca=PATH: verify the collector against this CA instead of the system roots
+    token: str | None  # from the environment variable named by ?token_env=
+    where: str  # the URL without its query, for messages (the query may name secrets' variables)
+
+    @classmethod
+    def parse(cls, url: str) -> "Target":
+        u = urlsplit(url)
+        where = url.split("?")[0]
+        q = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        if u.username or u.password:
+            raise ExportError("put no credentials in an export URL; name an environment variable with token_env=")
+        try:
+            port = u.port
+        except ValueError as e:
+            raise ExportError(f"{where}: {e}") from None
+        if not u.hostname or not port:
+            raise ExportError(f"{where}: needs HOST:PORT")
+        ca = q.get("ca")
+        if ca and not os.path.isfile(ca):
+            raise ExportError(f"CA file {ca} does not exist")
+        token = None
+        if q.get("token_env"):
+            token = os.environ.get(q["token_env"])
+            if not token:
+                raise ExportError(f"environment variable {q['token_env']} (token_env) is not set")
+        return cls(u.scheme.lower(), u.hostname, port, u.path, q, ca, token, where)
+
+    @property
+    def tls(self) -> bool:
+        return not self.scheme.endswith("+http")
+
+    def tls_or_loopback(self) -> "Target":
+        if not self.tls and not is_loopback(self.host):
+            # A token and every audit record in clear: only to a collector on this machine.
+            raise ExportError(f"{self.scheme}:// sends records and the token unencrypted: only to a loopback collector")
+        return self
+
+    def http_url(self, path: str) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
 
 def syslog_frame(line: bytes, rec: dict) -> bytes:
@@ -31,9 +127,11 @@ def syslog_frame(line: bytes, rec: dict) -> bytes:
     return f"<{4 * 8 + sev}>1 {ts} {HOSTNAME} pangate {os.getpid()} {msgid} - ".encode() + line
 
 
+@transport("stdout")
 class Stdout:
-    def __init__(self):
-        pass
+    @classmethod
+    def from_url(cls, url: str) -> "Stdout":
+        return cls()
 
     def send(self, lines: list[bytes]) -> None:
         out = sys.stdout.buffer
@@ -44,12 +142,18 @@ class Stdout:
         pass
 
 
+@transport("syslog+udp")
 class SyslogUDP:
     """Datagrams have no acknowledgement: a collector that is down loses them (say so in the docs)."""
 
     def __init__(self, host: str, port: int):
         self.addr = (host, port)
         self.sock = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "SyslogUDP":
+        t = Target.parse(url)
+        return cls(t.host, t.port)
 
     def send(self, lines: list[bytes]) -> None:
         if self.sock is None:
@@ -64,6 +168,7 @@ class SyslogUDP:
             self.sock = None
 
 
+@transport("syslog+tcp", "syslog+tls")
 class SyslogStream:
     """RFC 5424 over TCP or TLS with octet counting (RFC 6587 3.4.1)."""
 
@@ -71,6 +176,12 @@ class SyslogStream:
         self.host, self.port = host, port
         self.ctx = _tls_context(ca) if tls else None
         self.sock = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "SyslogStream":
+        t = Target.parse(url)
+        tls = t.scheme == "syslog+tls"
+        return cls(t.host, t.port, tls=tls, ca=t.ca if tls else None)
 
     def _connect(self):
         sock = socket.create_connection((self.host, self.port), timeout=10)
@@ -102,13 +213,13 @@ class SyslogStream:
 
 
 class HttpBatch:
-    """POSTs a batch to an HTTP collector and checks its answer."""
+    """POSTs a batch to an HTTP collector and checks its answer (common/http.py: TLS verified, no proxy)."""
 
-    def __init__(self, host: str, port: int, path: str, tls: bool, ca: str | None, token: str | None):
-        self.host, self.port, self.path = host, port, path
-        self.ctx = _tls_context(ca) if tls else None
-        self.token = token
-        self.conn = None
+    TIMEOUT = 15.0
+
+    def __init__(self, url: str, ca: str | None = None, token: str | None = None):
+        self.url, self.ca, self.token = url, ca, token
+        self.client: http.Session | None = None  # keeps the connection open between batches
 
     def headers(self) -> dict:
         return {"Content-Type": "application/json"}
@@ -121,25 +232,40 @@ class HttpBatch:
             raise ExportError(f"collector answered HTTP {status}: {body[:200]!r}")
 
     def send(self, lines: list[bytes]) -> None:
-        if self.conn is None:
-            self.conn = (http.client.HTTPSConnection(self.host, self.port, timeout=15, context=self.ctx)
-                         if self.ctx else http.client.HTTPConnection(self.host, self.port, timeout=15))
         try:
-            self.conn.request("POST", self.path, body=self.body(lines), headers=self.headers())
-            resp = self.conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as e:
+            if self.client is None:
+                self.client = http.session(self.ca, self.TIMEOUT)
+            resp = self.client.post(self.url, data=self.body(lines), headers=self.headers())
+            status, data = resp.status_code, resp.content
+        except (http.RequestException, ValueError) as e:
             self.close()
-            raise ExportError(f"{type(e).__name__}: {e}") from None
-        self.check(resp.status, data)
+            # Not str(e): requests' messages repeat the URL, and a collector URL may carry a secret.
+            raise ExportError(f"{type(e).__name__}: {_reason(e)}") from None
+        self.check(status, data)
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
+def _reason(e: Exception) -> str:
+    """The innermost cause of a requests error (e.g. 'Connection refused'), without the URL."""
+    # requests' own exceptions are OSErrors too; the socket or TLS error sits further down.
+    while e.__context__ is not None and (isinstance(e, http.RequestException) or not isinstance(e, OSError)):
+        e = e.__context__
+    return getattr(e, "strerror", None) or type(e).__name__
+
+
+@transport("hec", "hec+http")
 class SplunkHEC(HttpBatch):
+    @classmethod
+    def from_url(cls, url: str) -> "SplunkHEC":
+        t = Target.parse(url).tls_or_loopback()
+        if t.token is None:
+            raise ExportError("hec:// needs token_env=VARIABLE holding the HEC token")
+        return cls(t.http_url(t.path or "/services/collector"), t.ca, t.token)
+
     def headers(self) -> dict:
         return {"Content-Type": "application/json", "Authorization": f"Splunk {self.token}"}
 
@@ -147,10 +273,19 @@ class SplunkHEC(HttpBatch):
         return b"".join(b'{"sourcetype":"pangate:audit","source":"pangate","event":%s}\n' % line for line in lines)
 
 
+@transport("es", "es+http")
 class ElasticBulk(HttpBatch):
-    def __init__(self, index: str, **kw):
-        super().__init__(path="/_bulk", **kw)
+    def __init__(self, index: str, url: str, ca: str | None = None, token: str | None = None):
+        super().__init__(url, ca, token)
         self.index = index
+
+    @classmethod
+    def from_url(cls, url: str) -> "ElasticBulk":
+        t = Target.parse(url).tls_or_loopback()
+        index = t.path.strip("/")
+        if not index or "/" in index:
+            raise ExportError(f"{t.where}: es:// needs an index name as the path, e.g. es://host:9200/pangate")
+        return cls(index, t.http_url("/_bulk"), t.ca, t.token)
 
     def headers(self) -> dict:
         h = {"Content-Type": "application/x-ndjson"}
@@ -172,56 +307,7 @@ class ElasticBulk(HttpBatch):
             raise ExportError("elasticsearch answered something that is not JSON") from None
 
 
-TRANSPORTS = {"stdout": Stdout, "syslog+udp": SyslogUDP, "syslog+tcp": SyslogStream, "syslog+tls": SyslogStream,
-              "hec": SplunkHEC, "hec+http": SplunkHEC, "es": ElasticBulk, "es+http": ElasticBulk}
-
-
 def _tls_context(ca: str | None) -> ssl.SSLContext:
     if ca and not os.path.isfile(ca):
         raise ExportError(f"CA file {ca} does not exist")
     return ssl.create_default_context(cafile=ca)  # verifies chain and host name
-
-
-def parse_url(url: str) -> tuple[str, dict]:
-    """(transport name, constructor arguments) for one export URL; ExportError says what is wrong."""
-    u = urlsplit(url)
-    kind = u.scheme.lower()
-    if kind not in TRANSPORTS:
-        raise ExportError(f"unknown export destination {url.split('?')[0]!r} (use one of: {', '.join(TRANSPORTS)})")
-    if kind == "stdout":
-        return kind, {}
-    q = {k: v[-1] for k, v in parse_qs(u.query).items()}
-    if u.username or u.password:
-        raise ExportError("put no credentials in an export URL; name an environment variable with token_env=")
-    try:
-        port = u.port
-    except ValueError as e:
-        raise ExportError(f"{url.split('?')[0]}: {e}") from None
-    if not u.hostname or not port:
-        raise ExportError(f"{url.split('?')[0]}: needs HOST:PORT")
-    ca = q.get("ca")
-    if ca and not os.path.isfile(ca):
-        raise ExportError(f"CA file {ca} does not exist")
-    token = None
-    if q.get("token_env"):
-        token = os.environ.get(q["token_env"])
-        if not token:
-            raise ExportError(f"environment variable {q['token_env']} (token_env) is not set")
-    if kind.startswith("syslog"):
-        args = {"host": u.hostname, "port": port}
-        if kind == "syslog+tls":
-            args.update(tls=True, ca=ca)
-        return kind, args
-    tls = not kind.endswith("+http")
-    if not tls and not is_loopback(u.hostname or ""):
-        # A token and every audit record in clear: only to a collector on this machine.
-        raise ExportError(f"{kind}:// sends records and the token unencrypted: only to a loopback collector")
-    if kind.startswith("hec"):
-        if token is None:
-            raise ExportError("hec:// needs token_env=VARIABLE holding the HEC token")
-        return kind, {"host": u.hostname, "port": port, "path": u.path or "/services/collector",
-                      "tls": tls, "ca": ca, "token": token}
-    index = u.path.strip("/")
-    if not index or "/" in index:
-        raise ExportError(f"{url.split('?')[0]}: es:// needs an index name as the path, e.g. es://host:9200/pangate")
-    return kind, {"index": index, "host": u.hostname, "port": port, "tls": tls, "ca": ca, "token": token}

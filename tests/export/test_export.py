@@ -14,7 +14,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from pangate.export.transport import ExportError, parse_url
+from pangate.export import transport
+from pangate.export.transport import ExportError, from_url
 
 HEC_TOKEN = "hec-" + secrets.token_hex(8)
 
@@ -268,10 +269,68 @@ def test_resume_after_restart_from_state(start_gateway, collectors, upstream, mi
 ])
 def test_bad_export_urls_are_refused(url, why):
     with pytest.raises(ExportError, match=why):
-        parse_url(url)
+        from_url(url)
+
+
+def test_export_urls_make_their_transports(pki, monkeypatch):
+    monkeypatch.setenv("PANGATE_TEST_TOKEN", "t0k")
+    hec = from_url(f"hec://h.example:8088/services/collector?token_env=PANGATE_TEST_TOKEN&ca={pki.ca_cert}")
+    assert isinstance(hec, transport.SplunkHEC)
+    assert (hec.url, hec.ca, hec.token) == ("https://h.example:8088/services/collector", pki.ca_cert, "t0k")
+    es = from_url("es+http://[::1]:9200/pangate")
+    assert isinstance(es, transport.ElasticBulk) and (es.url, es.index, es.token) == ("http://[::1]:9200/_bulk",
+                                                                                      "pangate", None)
+    tls = from_url(f"syslog+tls://localhost:6514?ca={pki.ca_cert}")
+    assert isinstance(tls, transport.SyslogStream) and tls.ctx is not None and tls.ctx.check_hostname
+    tcp = from_url("syslog+tcp://127.0.0.1:514")
+    assert isinstance(tcp, transport.SyslogStream) and tcp.ctx is None
+    assert isinstance(from_url("syslog+udp://127.0.0.1:514"), transport.SyslogUDP)
+    assert isinstance(from_url("stdout:"), transport.Stdout)
+
+
+def test_a_new_sink_is_one_registered_class(monkeypatch):
+    monkeypatch.setattr(transport, "TRANSPORTS", dict(transport.TRANSPORTS))
+    sent = []
+
+    @transport.transport("memory")
+    class Memory:
+        def __init__(self, target):
+            self.target = target
+
+        @classmethod
+        def from_url(cls, url):
+            return cls(transport.Target.parse(url))
+
+        def send(self, lines):
+            sent.extend(lines)
+
+        def close(self):
+            pass
+
+    sink = from_url("memory://127.0.0.1:1/x")
+    assert isinstance(sink, Memory) and (sink.target.host, sink.target.port) == ("127.0.0.1", 1)
+    with pytest.raises(ExportError, match="needs HOST:PORT"):  # the shared URL checks apply to it too
+        from_url("memory://127.0.0.1")
+    with pytest.raises(ValueError, match="registered twice"):
+        transport.transport("memory")(Memory)
 
 
 def test_bad_export_option_stops_the_gateway(start_gateway):
     with pytest.raises(TimeoutError) as e:
         start_gateway(options={"pangate_export": "ftp://127.0.0.1:1"})
     assert "unknown export destination" in str(e.value)
+
+
+def test_http_transport_verifies_tls(collectors, pki, monkeypatch):
+    """The collector's certificate is checked against ?ca= or the system roots, never the environment."""
+    port = collectors["hec"].port
+    monkeypatch.setenv("HEC_TOKEN", HEC_TOKEN)
+    line = json.dumps({"seq": 10**9, "event": "probe"}).encode()
+    good = from_url(f"hec://localhost:{port}/services/collector?token_env=HEC_TOKEN&ca={pki.ca_cert}")
+    good.send([line])
+    good.close()
+    assert 10**9 in collectors["hec"].seqs
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", pki.ca_cert)  # ignored: trust comes from the URL only
+    untrusted = from_url(f"hec://localhost:{port}/services/collector?token_env=HEC_TOKEN")
+    with pytest.raises(ExportError, match="SSLError.*CERTIFICATE_VERIFY_FAILED"):
+        untrusted.send([line])
