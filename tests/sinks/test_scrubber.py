@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from pangate.credentials.forms import Redactor, echo_forms
-from pangate.scrub import output
-from pangate.scrub.sink import SecretRegistry, SinkScrubber
+from pangate.sinks import output
+from pangate.sinks.scrubber import SecretRegistry, SinkScrubber
 
 PAN = "4111111111111111"
 SECRET = "sk_live/9fQ+x2Zk8wLmPq"

@@ -22,7 +22,7 @@ import logging
 import sys
 import threading
 
-from pangate.scrub.sink import SinkScrubber, default
+from pangate.sinks.scrubber import SinkScrubber, default
 
 _INSTALLED = {"factory": None, "streams": False}
 
