@@ -15,6 +15,7 @@ from pangate.dev.demo_upstream import DemoUpstream
 from pangate.dev.pki import make_ca, make_leaf
 from pangate.identity.tokens import issue, keygen
 
+import leakscan
 from harness import Gateway
 
 UPSTREAM_SECRET = "sk_live_" + secrets.token_hex(12)
@@ -130,8 +131,14 @@ def start_gateway(tmp_path_factory, confdir, pki, token_key, upstream):
         return gw
 
     yield _start
+    found = []
     for gw in started:
         gw.stop()
+        found += [f"{gw.workdir.name}/{line}" for line in leakscan.leaks(
+            gw.workdir, gw.log.text(), [UPSTREAM_SECRET, STATIC_KEY])]
+    # The second wall, checked independently: nothing any gateway of the session wrote or
+    # printed holds a test card number or an injected secret, in any recoverable form.
+    assert not found, "sensitive data at rest:\n" + "\n".join(found[:60])
 
 
 @pytest.fixture(scope="session")

@@ -29,6 +29,18 @@ Failure detection (what really fails, and how it is seen):
     keeps the writer failed: it fails closed, an operator must look.
 Checks run once per batch, so a rename racing a batch may land that batch in the
 renamed directory; nothing is lost, it is just there.
+
+Outages cost bounded space and memory:
+  * While writing fails, refusal records (the 503s the gateway sends because the
+    trail is down, and any other refusal) are not queued one by one: they are
+    counted per (code, identity) and written as one `refusals_coalesced` record
+    when writing recovers. So recovery never needs more space than the outage
+    produced before it, and the backlog holds only records of delivered traffic.
+  * A reserve file (`.reserve`, `reserve_bytes`, preallocated) is released when
+    the disk is full, so the records already acknowledged to clients and the
+    outage's own records can still be written. The writer stays failed (the
+    gateway refuses traffic) until free space is back above twice the reserve;
+    then the reserve is taken again and `audit_recovered` is written.
 """
 
 from __future__ import annotations
@@ -59,7 +71,20 @@ FILE_RE = re.compile(r"^audit-(\d{8})-(\d{4,})\.jsonl$")
 # Keys the gateway must never log. Matched case-insensitively, "_" == "-".
 FORBIDDEN_KEYS = frozenset({"token", "authorization", "proxy-authorization", "password", "secret"})
 # Written only by the writer; a caller using them would confuse the verifier.
-RESERVED_EVENTS = frozenset({"checkpoint", "retention", "audit_start", "audit_stop", "audit_recovered"})
+RESERVED_EVENTS = frozenset({"checkpoint", "retention", "audit_start", "audit_stop", "audit_recovered",
+                             "refusals_coalesced"})
+RESERVE = ".reserve"
+MAX_COALESCED_KEYS = 1000  # (code, identity) pairs kept apart during one outage; the rest are pooled
+
+
+def refusal_key(record: dict) -> tuple | None:
+    """The coalescing key of a refusal record, or None for a record that must be kept whole."""
+    if record.get("outcome") not in ("unavailable", "denied", "token_refused", "refused"):
+        return None
+    ident = record.get("identity")
+    if isinstance(ident, dict):
+        ident = ident.get("name")
+    return (str(record.get("code")), str(ident) if ident is not None else None)
 
 
 class AuditError(RuntimeError):
@@ -184,6 +209,7 @@ class FileOps:
     fstat = staticmethod(os.fstat)
     stat = staticmethod(os.stat)
     unlink = staticmethod(os.unlink)
+    statvfs = staticmethod(os.statvfs)
 
 
 def _fsync_dir(path: str) -> None:
@@ -207,7 +233,8 @@ class AuditWriter:
                  checkpoint_every: int = 1000, checkpoint_interval: float = 10.0,
                  max_file_bytes: int = 64 << 20, retention_days: int = 365,
                  fsync: bool = True, flush_delay: float = 0.05, max_backlog: int = 100_000,
-                 retry_interval: float = 0.5,
+                 retry_interval: float = 0.5, reserve_bytes: int = 1 << 20,
+                 coalesce: Callable[[dict], tuple | None] | None = refusal_key,
                  on_state_change: Callable[[bool, str], None] | None = None,
                  clock: Callable[[], float] = time.time, fileops: FileOps | None = None):
         self.directory = os.path.abspath(directory)
@@ -224,6 +251,10 @@ class AuditWriter:
         self._on_state_change = on_state_change
         self._clock = clock
         self._ops = fileops or FileOps()
+        self._reserve_bytes = reserve_bytes
+        self._coalesce = coalesce
+        self._coalesced: dict[tuple, list] = {}  # key -> [count, first time, last time]
+        self._low_space = False
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)      # writer thread waits here
@@ -246,6 +277,7 @@ class AuditWriter:
         st = os.stat(self.directory)
         self._dir_id = (st.st_dev, st.st_ino)
         start_info = self._recover_state()
+        self._take_reserve()
         self._last_cp_mono = time.monotonic()
         self._fd: int | None = None
         self._thread = threading.Thread(target=self._run, name="pangate-audit-writer", daemon=True)
@@ -349,6 +381,11 @@ class AuditWriter:
         with self._lock:
             if self._stopping:
                 raise AuditClosed("audit writer is closed")
+            if self._failure is not None and self._coalesce is not None:
+                key = self._coalesce(rec)
+                if key is not None:
+                    self._count_refusal_locked(key)
+                    return 0
             if len(self._pending) >= self._max_backlog:
                 raise AuditBacklogFull(f"audit backlog full ({len(self._pending)} records unwritten): {self._failure}")
             seq = self._append_locked(rec)
@@ -389,6 +426,7 @@ class AuditWriter:
     def close(self, timeout: float = 10.0) -> bool:
         """Write audit_stop and a final signed checkpoint, flush, stop the thread.
         Returns False if records could not be written within `timeout` (they are lost)."""
+        self._flush_coalesced()  # an outage still open at stop is accounted for too
         with self._lock:
             if self._stopping:
                 return self._durable_seq >= self._seq
@@ -415,6 +453,27 @@ class AuditWriter:
         self.close()
 
     # -- chain (caller holds self._lock) -------------------------------------------------
+
+    def _count_refusal_locked(self, key: tuple) -> None:
+        if key not in self._coalesced and len(self._coalesced) >= MAX_COALESCED_KEYS:
+            key = ("*", "*")
+        now = self._clock()
+        entry = self._coalesced.get(key)
+        if entry is None:
+            self._coalesced[key] = [1, now, now]
+        else:
+            entry[0] += 1
+            entry[2] = now
+
+    def _flush_coalesced(self) -> None:
+        with self._lock:
+            counts, self._coalesced = self._coalesced, {}
+        if not counts:
+            return
+        rows = [{"code": k[0], "identity": k[1], "count": v[0], "first": utc_iso(v[1]), "last": utc_iso(v[2])}
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1][0])]
+        self._append_internal({"event": "refusals_coalesced", "total": sum(r["count"] for r in rows),
+                               "refusals": rows})
 
     def _append_internal(self, rec: dict) -> int:
         with self._lock:
@@ -492,6 +551,7 @@ class AuditWriter:
 
     def _step(self) -> bool:
         """Wait for work, then write one batch. Returns False when the thread should exit."""
+        probe_space = False
         with self._lock:
             if self._abandon:
                 return False
@@ -501,10 +561,23 @@ class AuditWriter:
             if not self._pending:
                 if self._stopping:
                     return False
-                self._idle = True
-                left = self._last_cp_mono + self._interval - now if self._since_cp else 1.0
-                self._wake.wait(max(0.001, min(left, 1.0)))
-                self._idle = False
+                if self._failure is not None and self._low_space:
+                    # Nothing left to write, but still failed for want of space: poll for it.
+                    self._wake.wait(self._retry_interval)
+                    probe_space = True
+                else:
+                    self._idle = True
+                    left = self._last_cp_mono + self._interval - now if self._since_cp else 1.0
+                    self._wake.wait(max(0.001, min(left, 1.0)))
+                    self._idle = False
+                    return True
+        if probe_space:
+            if self._failure is not None and not self._pending and self._space_back():
+                self._take_reserve()
+                self._recovered()
+            return True
+        with self._lock:
+            if not self._pending:
                 return True
             if self._failure is not None:
                 left = self._last_attempt + self._retry_interval - now
@@ -544,8 +617,13 @@ class AuditWriter:
         except OSError as e:
             self._close_fd()
             self._set_failure(f"{type(e).__name__}: {e}")
+            if e.errno == errno.ENOSPC and self._release_reserve():
+                self._urgent = True  # retry at once into the released space
             return
         if self._failure is not None:
+            if self._low_space and not self._space_back():
+                return  # written into the reserve; stay failed until the disk has room again
+            self._take_reserve()
             self._recovered()
 
     def _check_dir(self) -> None:
@@ -626,6 +704,44 @@ class AuditWriter:
                                "retention_days": self._retention_days, "last_removed_seq": last_seq,
                                "last_removed_hash": line_hash(last) if last else None})
 
+    # -- reserve --------------------------------------------------------------------------
+
+    def _reserve_path(self) -> str:
+        return os.path.join(self.directory, RESERVE)
+
+    def _take_reserve(self) -> None:
+        if self._reserve_bytes <= 0:
+            return
+        path = self._reserve_path()
+        try:
+            if os.path.exists(path) and os.path.getsize(path) >= self._reserve_bytes:
+                self._low_space = False
+                return
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self._reserve_bytes)
+            finally:
+                os.close(fd)
+            self._low_space = False
+        except OSError as e:
+            log.warning("audit: cannot keep a %d-byte reserve in %s: %s", self._reserve_bytes, self.directory, e)
+
+    def _release_reserve(self) -> bool:
+        self._low_space = True
+        try:
+            os.unlink(self._reserve_path())
+            log.error("audit: disk full; released the reserve to write what clients were already answered")
+            return True
+        except OSError:
+            return False
+
+    def _space_back(self) -> bool:
+        try:
+            st = self._ops.statvfs(self.directory)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize >= 2 * self._reserve_bytes
+
     # -- health -------------------------------------------------------------------------
 
     def _set_failure(self, reason: str) -> None:
@@ -642,6 +758,7 @@ class AuditWriter:
         with self._lock:
             reason, self._failure = self._failure, None
             since = self._failed_since
+        self._flush_coalesced()
         # The outage itself is audit-worthy (10.7.2): when, why, how long.
         self._append_internal({"event": "audit_recovered", "failure": reason,
                                "failed_since": utc_iso(since), "outage_s": round(self._clock() - since, 3)})

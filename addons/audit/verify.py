@@ -60,6 +60,8 @@ class VerifyReport:
     kind: str | None = None
     where: str | None = None  # "file:line"
     where_seq: int | None = None
+    # Restarts after a crash: {"last_record": time, "restarted": time, "after_seq": n, "file": name}
+    unclean_shutdowns: list = field(default_factory=list)
 
     def fail(self, kind: str, item: "_Line | None", error: str) -> "VerifyReport":
         self.ok, self.kind, self.error = False, kind, error
@@ -78,6 +80,10 @@ class VerifyReport:
         if self.recordings:
             bad = [r for r in self.recordings if not r[1]]
             out.append(f"  recordings: {len(self.recordings)} signed, {len(bad)} failed")
+        for u in self.unclean_shutdowns:
+            out.append(f"  unclean shutdown: the writer stopped without closing after seq {u['after_seq']} "
+                       f"({u['last_record']}) and restarted at {u['restarted']}; records of flows in that "
+                       "window may be missing")
         out += [f"  note: {n}" for n in self.notes]
         if not self.ok:
             out.append(f"  error: {self.error}")
@@ -261,6 +267,9 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
                                 f"{since_cp} records since the last checkpoint, at most {every} allowed")
             if rec.get("event") == "retention":
                 vouched.add((rec.get("last_removed_seq"), rec.get("last_removed_hash")))
+            if rec.get("event") == "audit_start" and rec.get("previous_clean_close") is False and prev is not None:
+                rep.unclean_shutdowns.append({"after_seq": prev.seq, "last_record": prev.rec.get("time"),
+                                              "restarted": rec.get("time"), "file": os.path.basename(item.path)})
             rep.records += 1
             ident = rec.get("identity")
             if isinstance(ident, dict):

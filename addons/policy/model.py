@@ -206,11 +206,13 @@ class Policy:
 
 def load_policy(path: str) -> Policy:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read(yamlpos.MAX_BYTES + 1)
+            if len(data) > yamlpos.MAX_BYTES:
+                data += f.read()  # only to report the size; still refused
     except OSError as e:
         raise PolicyError(f"cannot read: {e.strerror}", path) from None
-    return parse_policy(text, path)
+    return parse_policy(yamlpos.decode(data, path), path)
 
 
 def parse_policy(text: str, path: str = "<policy>") -> Policy:

@@ -3,6 +3,12 @@
 A policy error has to name the file and line, so the loader returns dicts and
 lists that carry the line of each key and item (1-based), and refuses
 duplicate keys, which plain YAML silently resolves to the last one.
+
+It is also the first thing hostile input meets, so it is bounded: a size cap
+(the error names the line where the cap is passed), a cap on the number of
+nodes the document expands to (aliases counted at every use, so a
+billion-laughs document is refused by its node graph before anything is
+built from it), and undecodable bytes are a located error, not a traceback.
 """
 
 from __future__ import annotations
@@ -68,12 +74,66 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
 
 
-def load(text: str, path: str):
-    """Parse YAML text; syntax errors become PolicyError with the line."""
+MAX_BYTES = 8 << 20
+MAX_NODES = 1_000_000
+
+
+def decode(data: bytes, path: str, max_bytes: int = MAX_BYTES) -> str:
+    """A policy file's bytes as text; PolicyError (with the line) if too large or not UTF-8."""
+    if len(data) > max_bytes:
+        line = data.count(b"\n", 0, max_bytes) + 1
+        raise PolicyError(f"the policy passes {max_bytes >> 20} MB here ({len(data) / (1 << 20):.1f} MB in all): "
+                          "split it or raise pangate_policy_max_mb", path, line)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PolicyError(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})", path, line) from None
+
+
+def _check_expansion(node, path: str, max_nodes: int) -> None:
+    """Refuse a document whose node graph, aliases expanded, has more than max_nodes nodes."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(n) -> int:
+        key = id(n)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise PolicyError("a recursive alias", path, n.start_mark.line + 1)
+        active.add(key)
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += size(k) + size(v)
+                if total > max_nodes:
+                    break
+        elif isinstance(n, yaml.SequenceNode):
+            for v in n.value:
+                total += size(v)
+                if total > max_nodes:
+                    break
+        active.discard(key)
+        if total > max_nodes:
+            raise PolicyError(f"the document expands to more than {max_nodes:,} values (aliases counted at "
+                              "each use): refused", path, n.start_mark.line + 1)
+        sizes[key] = total
+        return total
+
+    size(node)
+
+
+def load(text: str, path: str, max_nodes: int = MAX_NODES):
+    """Parse YAML text; syntax errors and oversized documents become PolicyError with the line."""
     loader = _Loader(text)
     loader.path = path
     try:
-        return loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, path, max_nodes)
+        return loader.construct_document(node)
     except PolicyError:
         raise
     except yaml.MarkedYAMLError as e:
@@ -82,5 +142,7 @@ def load(text: str, path: str):
         raise PolicyError(f"YAML syntax: {e.problem or e.context}", path, line) from None
     except yaml.YAMLError as e:
         raise PolicyError(f"YAML: {e}", path) from None
+    except RecursionError:
+        raise PolicyError("nested too deeply", path) from None
     finally:
         loader.dispose()

@@ -230,6 +230,9 @@ def test_crash_torn_tail_then_restart(tmp_path, key, pub):
     assert start["torn_tail"]["bytes"] == 29 and start["previous_clean_close"] is False
     rep = verify_log(str(d), pub)
     assert rep.ok, rep.summary()
+    # verify says the trail survived a crash, and where: the window between the last record and the restart
+    [u] = rep.unclean_shutdowns
+    assert u["after_seq"] == start["seq"] - 1 and u["restarted"] == start["time"] and "unclean shutdown" in rep.summary()
 
 
 # ---------------------------------------------------------------- tampering
@@ -522,3 +525,75 @@ def test_throughput(tmp_path, key):
     w.close()
     print(f"append {t_append / n * 1e6:.1f} us/record, durable throughput {rate:,.0f} records/s")
     assert rate > 20000  # the target is 50k/s; leave headroom for slow CI disks
+
+
+def test_refusals_during_an_outage_are_coalesced_not_queued(tmp_path, key, pub):
+    ops = FaultyOps()
+    w = make(tmp_path, key, fileops=ops, retry_interval=0.05)
+    w.wait_durable(w.append({"event": "before"}), 2)
+    ops.fail = "write"
+    delivered = w.append({"event": "request", "outcome": "allowed", "i": 1})  # answered before the outage
+    assert wait_until(lambda: not w.healthy)
+    backlog = len(w._pending)
+    for i in range(5000):
+        assert w.append({"event": "request", "outcome": "unavailable", "code": "audit_unavailable",
+                         "identity": {"name": f"svc{i % 3}"}}) == 0
+    assert len(w._pending) == backlog  # refusals cost no backlog while the trail is down
+    ops.fail = None
+    assert w.wait_durable(delivered, 5) and wait_until(lambda: w.healthy)
+    w.close()
+    recs = all_records(tmp_path)
+    summary = [r for r in recs if r["event"] == "refusals_coalesced"]
+    assert len(summary) == 1 and summary[0]["total"] == 5000
+    assert {(r["identity"], r["count"]) for r in summary[0]["refusals"]} == {("svc0", 1667), ("svc1", 1667),
+                                                                             ("svc2", 1666)}
+    assert [r["event"] for r in recs].index("refusals_coalesced") < [r["event"] for r in recs].index(
+        "audit_recovered")
+    assert verify_log(str(tmp_path), pub).ok
+
+
+class FullDiskOps(FaultyOps):
+    """ENOSPC until `free` says the disk has room; the reserve's release makes room for `room` bytes."""
+
+    def __init__(self, directory):
+        super().__init__()
+        self.directory, self.room, self.free = directory, 0, 0
+
+    def write(self, fd, data):
+        reserve = os.path.exists(os.path.join(self.directory, ".reserve"))
+        if self.fail == "full" and (reserve or len(data) > self.room):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if self.fail == "full":
+            self.room -= len(data)
+        return os.write(fd, data)
+
+    def statvfs(self, path):
+        st = os.statvfs(path)
+        return os.statvfs_result((st.f_bsize, 1, st.f_blocks, self.free, self.free, *tuple(st)[5:]))
+
+
+def test_full_disk_uses_the_reserve_then_recovers_when_space_returns(tmp_path, key, pub):
+    d = tmp_path / "audit"
+    ops = FullDiskOps(str(d))
+    w = make(d, key, fileops=ops, retry_interval=0.05, reserve_bytes=64 << 10)
+    assert (d / ".reserve").stat().st_size == 64 << 10
+    w.wait_durable(w.append({"event": "before"}), 2)
+    ops.fail, ops.room = "full", 64 << 10
+    acked = w.append({"event": "request", "outcome": "allowed", "i": 7})
+    # The reserve is released and what clients were already answered is written into it...
+    assert w.wait_durable(acked, 5)
+    assert not (d / ".reserve").exists()
+    # ...but the writer stays failed (the gateway refuses) while the disk is still full.
+    time.sleep(0.2)
+    assert not w.healthy
+    for _ in range(100):
+        w.append({"event": "request", "outcome": "unavailable", "code": "audit_unavailable"})
+    ops.free = 1 << 30  # an operator freed space
+    ops.fail = None
+    assert wait_until(lambda: w.healthy)
+    assert (d / ".reserve").stat().st_size == 64 << 10
+    w.close()
+    recs = all_records(d)
+    assert [r["i"] for r in recs if r.get("i") == 7] == [7]
+    assert sum(r["total"] for r in recs if r["event"] == "refusals_coalesced") == 100
+    assert verify_log(str(d), pub).ok

@@ -1,0 +1,121 @@
+"""Every spelling in which an injected credential can come back, and one redactor for all of them.
+
+An upstream that echoes what it received (a debug endpoint, an error page, a
+request mirror) hands the workload the secret it must never hold, and not
+always byte for byte: JSON writers escape `/` as `\\/`, URL writers
+percent-encode (in upper or lower hex), frameworks lower-case header values,
+and base64 shows up both for `user:pass` and for a token wrapped whole or
+inside a larger base64 blob. So the redactor matches forms, not one string:
+
+- the value as read, lower- and upper-cased (matched case-insensitively);
+- JSON-escaped (`\\/`, `\\uXXXX` for every non-alphanumeric character);
+- percent-encoded (quote and quote_plus, upper or lower hex: matched
+  case-insensitively);
+- base64 (standard and URL-safe, with or without padding) of the value and,
+  for basic credentials, of `user:pass`; plus the stable middle of the value's
+  base64 at each of the three alignments it can have inside a longer blob.
+
+Forms shorter than MIN_FORM characters are not matched on their own: a
+four-character "secret" would star out half of every body.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from urllib.parse import quote, quote_plus
+
+MIN_FORM = 6
+STARS = "*"
+
+
+def _b64_cores(raw: bytes) -> list[str]:
+    """The base64 text that raw always encodes to, whatever its offset inside a longer blob."""
+    out = []
+    for lead in range(3):
+        enc = base64.b64encode(b"\0" * lead + raw).decode()
+        # Characters touched by the lead bytes, and a final partial group, vary with the neighbours.
+        start = (lead * 8 + 5) // 6
+        end = (len(enc.rstrip("=")) * 6 - ((3 - (lead + len(raw)) % 3) % 3) * 8) // 6
+        core = enc[start:end]
+        out += [core, core.replace("+", "-").replace("/", "_")]
+    return out
+
+
+def echo_forms(value: str, basic_user: str | None = None) -> tuple[str, ...]:
+    """The spellings of value worth redacting (longest first, so a longer form wins over its parts)."""
+    if not value:
+        return ()
+    raw = value.encode()
+    forms = {value, value.lower(), value.upper()}
+    forms.add(json.dumps(value)[1:-1].replace("/", "\\/"))
+    forms.add("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in value))
+    forms.add(quote(value, safe=""))
+    forms.add(quote_plus(value))
+    for blob in (raw, f"{basic_user}:{value}".encode() if basic_user is not None else None):
+        if blob is None:
+            continue
+        std = base64.b64encode(blob).decode()
+        forms.update({std, std.rstrip("="), base64.urlsafe_b64encode(blob).decode().rstrip("=")})
+    forms.update(_b64_cores(raw))
+    return tuple(sorted((f for f in forms if len(f) >= MIN_FORM), key=len, reverse=True))
+
+
+class Redactor:
+    """Replaces every form of the registered secrets with stars of the same length.
+
+    Same length keeps Content-Length, JSON string framing and byte offsets valid.
+    Matching is case-insensitive: percent-encoding hex case and lower-cased
+    echoes are both common.
+    """
+
+    def __init__(self, forms=()):
+        self.forms = tuple(sorted({f for f in forms if len(f) >= MIN_FORM}, key=len, reverse=True))
+        self.longest = max((len(f) for f in self.forms), default=0)
+        if self.forms:
+            alt = "|".join(re.escape(f) for f in self.forms)
+            self._text = re.compile(alt, re.IGNORECASE)
+            self._data = re.compile(alt.encode(), re.IGNORECASE)
+        else:
+            self._text = self._data = None
+
+    def __bool__(self) -> bool:
+        return bool(self.forms)
+
+    def text(self, value: str) -> str:
+        if self._text is None or not value:
+            return value
+        return self._text.sub(lambda m: STARS * len(m.group()), value)
+
+    def data(self, value: bytes) -> bytes:
+        if self._data is None or not value:
+            return value
+        return self._data.sub(lambda m: b"*" * len(m.group()), value)
+
+    def stream(self) -> "StreamRedactor":
+        return StreamRedactor(self)
+
+
+class StreamRedactor:
+    """Redacts a byte stream chunk by chunk, holding back what could start a form split across chunks."""
+
+    def __init__(self, redactor: Redactor):
+        self.r = redactor
+        self.keep = max(redactor.longest - 1, 0)
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self.r:
+            return chunk
+        buf = self.r.data(self.pending + chunk)
+        if len(buf) <= self.keep:
+            self.pending = buf
+            return b""
+        cut = len(buf) - self.keep
+        self.pending = buf[cut:]
+        return buf[:cut]
+
+    def flush(self) -> bytes:
+        out, self.pending = self.r.data(self.pending), b""
+        return out

@@ -1,0 +1,1 @@
+"""The second wall: one final scrubber for everything pangate or mitmproxy writes or prints."""
