@@ -8,7 +8,7 @@ import time
 import pytest
 
 from pangate.policy.model import load_policy, parse_policy
-from pangate.policy.yamlpos import PolicyError
+from pangate.policy.errors import PolicyError
 
 
 def _laughs(levels: int = 12) -> str:
