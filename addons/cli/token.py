@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from pangate.policy.schema import parse_duration
 from pangate.common.keyfiles import keygen_command
-from pangate.identity.tokens import issue
+from pangate.policy.schema import parse_duration
 
 
 def register(sub) -> None:
@@ -28,7 +27,13 @@ def _keygen(args) -> int:
 
 
 def _issue(args) -> int:
-    ttl = parse_duration(args.ttl)
+    from pangate.identity.tokens import issue  # jwt: only for the command that signs
+
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as e:
+        print(f"pangate token issue: --ttl: {e}", file=sys.stderr)
+        return 2
     if ttl > 24 * 3600:
         print("a token lives at most 24h: machine identities should renew, not hoard", file=sys.stderr)
         return 2
