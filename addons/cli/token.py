@@ -34,6 +34,9 @@ def _issue(args) -> int:
     except ValueError as e:
         print(f"pangate token issue: --ttl: {e}", file=sys.stderr)
         return 2
+    if ttl <= 0 or not args.identity:
+        print("pangate token issue: needs an --identity and a positive --ttl", file=sys.stderr)
+        return 2
     if ttl > 24 * 3600:
         print("a token lives at most 24h: machine identities should renew, not hoard", file=sys.stderr)
         return 2
@@ -41,5 +44,8 @@ def _issue(args) -> int:
         print(issue(args.key, args.identity, ttl, audience=args.audience))
     except OSError as e:
         print(f"cannot read the signing key {args.key}: {e.strerror} (run `pangate token keygen`)", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError):  # cryptography's messages name neither the file nor the fix
+        print(f"{args.key} is not an Ed25519 private key in PEM (made by `pangate token keygen`)", file=sys.stderr)
         return 1
     return 0

@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import jwt
-import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
@@ -217,6 +216,8 @@ def parse_jwks(doc: Any) -> list[_Key]:
 
 def requests_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0) -> Any:
     """Default fetcher: https only, TLS verified (system bundle or ca_file), no redirects, size cap."""
+    import requests  # here, not at the top: `pangate token issue` never fetches and starts faster without it
+
     if urlsplit(url).scheme != "https":
         raise KeyFetchError("refusing to fetch keys over plain http")
     try:
