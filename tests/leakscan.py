@@ -121,7 +121,8 @@ def secrets_in(data: bytes | str, secrets: list[str]) -> set[str]:
 def at_rest_files(workdir: Path) -> list[Path]:
     """What a gateway wrote under its work folder: audit trail, recordings, state, exports."""
     skip = {"policies.yaml"}
-    return [p for p in workdir.rglob("*") if p.is_file() and p.name not in skip and not p.name.endswith((".key", ".pem"))]
+    return [p for p in workdir.rglob("*")
+            if p.is_file() and p.name not in skip and not p.name.endswith((".key", ".pem"))]
 
 
 def leaks(workdir: Path, log_text: str, secrets: list[str]) -> list[str]:

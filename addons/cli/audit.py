@@ -12,6 +12,7 @@ import sys
 
 from pangate.audit.log import FILE_RE, file_sort_key, list_audit_files
 from pangate.audit.verify import verify_log
+from pangate.cli.progress import Progress
 
 DEFAULT_PUBKEY = "certs/audit-signing.key.pub"
 
@@ -41,22 +42,6 @@ def add_verify_arguments(p) -> None:
     p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr even when it is not a TTY")
 
 
-def progress_bar(stream=sys.stderr):
-    """A callback drawing `[####    ]  42%` on `stream`, redrawn at most every 1 %."""
-    last = [-1]
-
-    def draw(done: int, total: int) -> None:
-        pct = 100 * done // total if total else 100
-        if pct == last[0]:
-            return
-        last[0] = pct
-        stream.write(f"\rverifying [{'#' * (pct * 40 // 100):<40}] {pct:3d}%")
-        if done >= total:
-            stream.write("\n")
-        stream.flush()
-    return draw
-
-
 def verify_cmd(args) -> int:
     paths = args.path
     target = paths[0] if len(paths) == 1 else (
@@ -70,12 +55,16 @@ def verify_cmd(args) -> int:
         print("warning: no public key (--pubkey): signatures are NOT checked", file=sys.stderr)
     elif not args.pubkey:
         print(f"using public key {pubkey}", file=sys.stderr)
-    progress = progress_bar() if args.progress or sys.stderr.isatty() else None
+    progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
     try:
         rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
     except (OSError, ValueError) as e:
+        if progress is not None:
+            progress.clear()
         print(f"pangate audit verify: cannot read the audit log: {e}", file=sys.stderr)
         return 2
+    if progress is not None:
+        progress.end()
     print(rep.summary())
     return 0 if rep.ok else 1
 
@@ -84,9 +73,13 @@ def iter_records(path: str):
     files = list_audit_files(path) if os.path.isdir(path) else [path]
     for f in files:
         with open(f, "rb") as fh:
-            for raw in fh:
-                if raw.endswith(b"\n"):
-                    yield json.loads(raw)
+            for lineno, raw in enumerate(fh, 1):
+                if raw.endswith(b"\n"):  # a last line without one is still being written
+                    try:
+                        yield json.loads(raw)
+                    except ValueError:
+                        raise ValueError(f"{f}:{lineno}: not a JSON audit record "
+                                         "(`pangate audit verify` says what happened)") from None
 
 
 def _matches(rec: dict, args) -> bool:
@@ -103,16 +96,24 @@ def show_cmd(args) -> int:
     if not os.path.exists(args.path):
         print(f"pangate audit show: {args.path} does not exist", file=sys.stderr)
         return 2
-    for rec in iter_records(args.path):
-        if rec.get("event") == "checkpoint" or not _matches(rec, args):
-            continue
-        if args.json:
-            print(json.dumps(rec, sort_keys=True))
-            continue
-        ident = rec.get("identity")
-        d = rec.get("destination") or {}
-        where = f" {d.get('method')} {d.get('scheme')}://{d.get('host')}:{d.get('port')}{d.get('path')}" if d else ""
-        print(f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
-              f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
-              f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}".rstrip())
+    try:
+        for rec in iter_records(args.path):
+            _show(rec, args)
+    except (OSError, ValueError) as e:
+        print(f"pangate audit show: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _show(rec: dict, args) -> None:
+    if rec.get("event") == "checkpoint" or not _matches(rec, args):
+        return
+    if args.json:
+        print(json.dumps(rec, sort_keys=True))
+        return
+    ident = rec.get("identity")
+    d = rec.get("destination") or {}
+    where = f" {d.get('method')} {d.get('scheme')}://{d.get('host')}:{d.get('port')}{d.get('path')}" if d else ""
+    print(f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
+          f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
+          f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}".rstrip())

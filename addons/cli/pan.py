@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
+from pangate.cli.progress import Progress
 from pangate.pan.engine import MODES, Masker, url_view
 
 CHUNK = 1 << 20
@@ -71,6 +71,18 @@ def _fail(msg: str) -> int:
     return 2
 
 
+def mask_form(masker: Masker, body: bytes) -> tuple[bytes, int]:
+    """A form body masked as the gateway masks it: as bytes, then as a server decodes it (`+`, %xx).
+
+    The same two steps as the gateway's `mask_body` (pangate.masking.addon), written
+    out here because that module imports mitmproxy and the CLI must not;
+    tests/cli/test_cli_pan.py holds the two to the same output.
+    """
+    out, n = masker.mask(body)
+    text, k = masker.mask_url(out.decode("latin-1"))
+    return text.encode("latin-1"), n + k
+
+
 # ---- mask ----------------------------------------------------------------------------------
 def mask_cmd(args) -> int:
     try:
@@ -79,8 +91,7 @@ def mask_cmd(args) -> int:
         return _fail(str(e))
     src, dst = sys.stdin.buffer, sys.stdout.buffer
     if "x-www-form-urlencoded" in args.content_type.lower():
-        from pangate.masking.addon import mask_body  # imports mitmproxy: only when needed
-        out, n = mask_body(masker, src.read(), args.content_type)  # forms are small: read whole
+        out, n = mask_form(masker, src.read())  # forms are small: read whole
         dst.write(out)
         dst.flush()
         if args.count:
@@ -139,33 +150,6 @@ def scan_file(path: str, masker: Masker, on_bytes=None, url_decode: bool = False
     return found
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most 10 times a second."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled, self.last = max(total, 1), 0, enabled, 0.0
-        self.files = 0
-
-    def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if self.enabled and now - self.last > 0.1:
-            self.last = now
-            self.draw()
-
-    def draw(self) -> None:
-        frac = min(self.done / self.total, 1.0)
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\rscanning [{bar:<30}] {frac:4.0%} {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
-                         f"{self.files} files")
-        sys.stderr.flush()
-
-    def end(self) -> None:
-        if self.enabled:
-            self.draw()
-            sys.stderr.write("\n")
-
-
 def scan_cmd(args) -> int:
     try:
         masker = build_masker(args)  # reports PANs and track data (SAD values are masked, not reported)
@@ -179,25 +163,26 @@ def scan_cmd(args) -> int:
             total += os.path.getsize(path)
         except OSError:
             pass
-    progress = Progress(total, args.progress or sys.stderr.isatty())
+    progress = Progress("scanning", total, args.progress or sys.stderr.isatty())
     findings: list[dict] = []
+    scanned = 0
     for path in files:
         try:
             found = scan_file(path, masker, progress.add, args.url_decode)
         except OSError as e:
             errors.append((path, e.strerror or str(e)))
             continue
-        progress.files += 1
+        scanned += 1
+        progress.suffix = f"{scanned} files"
         findings += found
-        if not args.json:
-            if progress.enabled and found:
-                sys.stderr.write("\r\x1b[K")
+        if not args.json and found:
+            progress.clear()
             for f in found:
-                print(f"{f['file']}:{f['line']}: {f['brand']} {f['masked']}")
+                print(f"{f['file']}:{f['line']}: {f['brand']} {f['masked']}", flush=progress.enabled)
     progress.end()
     for path, why in errors:
         print(f"pangate scan: {path}: {why}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"findings": findings, "files": progress.files,
+        print(json.dumps({"findings": findings, "files": scanned,
                           "errors": [{"file": p, "error": w} for p, w in errors]}, indent=1))
     return 2 if errors else 1 if findings else 0

@@ -33,7 +33,8 @@ def register(sub) -> None:
 
 def _common(p) -> None:
     p.add_argument("--file", default=revocation.DEFAULT_PATH,
-                   help=f"the gateway's revocation list (option pangate_revocations; default {revocation.DEFAULT_PATH})")
+                   help="the gateway's revocation list (option pangate_revocations; "
+                        f"default {revocation.DEFAULT_PATH})")
     p.add_argument("--policy", default="policies.yaml",
                    help="policy to check identity names against, if it exists (default policies.yaml)")
     p.add_argument("--force", action="store_true", help="revoke a name the policy does not know")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from pangate.policy.schema import parse_duration
 from pangate.common.files import keygen_command
-from pangate.identity.tokens import issue
+from pangate.policy.schema import parse_duration
 
 
 def register(sub) -> None:
@@ -28,7 +27,16 @@ def _keygen(args) -> int:
 
 
 def _issue(args) -> int:
-    ttl = parse_duration(args.ttl)
+    from pangate.identity.tokens import issue  # jwt: only for the command that signs
+
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as e:
+        print(f"pangate token issue: --ttl: {e}", file=sys.stderr)
+        return 2
+    if ttl <= 0 or not args.identity:
+        print("pangate token issue: needs an --identity and a positive --ttl", file=sys.stderr)
+        return 2
     if ttl > 24 * 3600:
         print("a token lives at most 24h: machine identities should renew, not hoard", file=sys.stderr)
         return 2
@@ -36,5 +44,8 @@ def _issue(args) -> int:
         print(issue(args.key, args.identity, ttl, audience=args.audience))
     except OSError as e:
         print(f"cannot read the signing key {args.key}: {e.strerror} (run `pangate token keygen`)", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError):  # cryptography's messages name neither the file nor the fix
+        print(f"{args.key} is not an Ed25519 private key in PEM (made by `pangate token keygen`)", file=sys.stderr)
         return 1
     return 0

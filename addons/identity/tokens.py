@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from pangate.common import http
 from pangate.common.files import create_key_pair, read_public
 from pangate.policy.model import SUPPORTED_ALGORITHMS, Issuer
 
@@ -166,6 +165,8 @@ def parse_jwks(doc: Any) -> list[_Key]:
 
 def https_fetch(url: str, *, ca_file: str | None = None, timeout: float = 5.0) -> Any:
     """Default fetcher: https only, TLS verified (system roots or ca_file), no redirects, size cap."""
+    from pangate.common import http  # here, not at the top: `pangate token issue` never fetches
+
     if urlsplit(url).scheme != "https":
         raise KeyFetchError("refusing to fetch keys over plain http")
     try:

@@ -413,8 +413,11 @@ def test_cli_keygen_makes_missing_folders(tmp_path, command):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home)}
-    run = lambda: subprocess.run([str(VENV_BIN / "pangate"), *command, "--key", "~/.pangate/alice.key"],
-                                 capture_output=True, text=True, timeout=60, env=env)
+
+    def run():
+        return subprocess.run([str(VENV_BIN / "pangate"), *command, "--key", "~/.pangate/alice.key"],
+                              capture_output=True, text=True, timeout=60, env=env)
+
     res = run()
     assert res.returncode == 0, res.stderr
     key = home / ".pangate" / "alice.key"
