@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from pangate.policy import yamlpos
+from pangate.policy.query import Unreadable, rule_name
 from pangate.policy.schema import Section
 from pangate.policy.errors import PolicyError
 
@@ -143,6 +144,7 @@ class Destination:
     addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     credential: Credential | None
     line: int
+    method_override: str | None = None  # "refuse" | "honor"; None: settings.method_override
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class Policy:
     approvers: dict[str, Approver] = field(default_factory=dict)
     reveals: tuple[Reveal, ...] = ()
     masking: Masking = Masking()
+    method_override: str = "refuse"  # settings.method_override: the default for destinations
 
     def static_key_identities(self) -> list[Identity]:
         """Identities on a static key: a declared risk, listed in every report."""
@@ -221,8 +224,9 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
               "approvals", "approvers", "reveal"}, {"version"})
     if doc.get("version") != 1:
         raise doc.error("version", "only version 1 is known")
+    settings = doc.section("settings")
     p = Policy(path=path, digest=hashlib.sha256(text.encode()).hexdigest(),
-               masking=_masking(doc.section("settings")))
+               masking=_masking(settings), method_override=_method_override(settings))
     base = os.path.dirname(os.path.abspath(path)) if path != "<policy>" else os.getcwd()
     for name, s in doc.named("issuers"):
         p.issuers[name] = _issuer(name, s, base)
@@ -249,10 +253,18 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
     return Policy(**{**p.__dict__, "reveals": tuple(p_reveals)})
 
 
+OVERRIDE_MODES = ("refuse", "honor")
+
+
+def _method_override(s: Section | None) -> str:
+    """X-HTTP-Method-Override, _method and kin: refused unless the policy says the backend's reading."""
+    return "refuse" if s is None else s.str("method_override", "refuse", OVERRIDE_MODES)
+
+
 def _masking(s: Section | None) -> Masking:
     if s is None:
         return Masking()
-    s.keys({"masking"})
+    s.keys({"masking", "method_override"})
     m = s.section("masking")
     if m is None:
         return Masking()
@@ -293,7 +305,7 @@ def _issuer(name: str, s: Section, base: str) -> Issuer:
 
 def _destination(name: str, s: Section, base: str) -> Destination:
     s.keys({"host", "hosts", "port", "ports", "scheme", "card_data", "addresses", "credential",
-            "description"})
+            "description", "method_override"})
     hosts = s.strs("hosts", None) or s.strs("host", None)
     if not hosts or ("host" in s.node and "hosts" in s.node):
         raise s.error(None, "give the destination `host` or `hosts`")
@@ -315,7 +327,8 @@ def _destination(name: str, s: Section, base: str) -> Destination:
         except ValueError:
             raise s.error("addresses", f"{a!r} is not an address or network") from None
     return Destination(name, tuple(h.lower() for h in hosts), ports, scheme, s.bool("card_data"),
-                       tuple(addresses), _credential(s.section("credential"), base), s.line())
+                       tuple(addresses), _credential(s.section("credential"), base), s.line(),
+                       s.str("method_override", None, OVERRIDE_MODES))
 
 
 def _credential(s: Section | None, base: str) -> Credential | None:
@@ -343,7 +356,15 @@ def _query_rules(s: Section) -> tuple[QueryRule, ...]:
     if q is None:
         return ()
     rules = []
+    seen: dict[tuple, str] = {}
     for param, raw in q.node.items():
+        try:  # the name as decide reads it: Limit and limit[] are limit, page.limit is page[limit]
+            canonical = rule_name(str(param))
+        except Unreadable as e:
+            raise q.error(param, str(e)) from None
+        if canonical[0] in seen:
+            raise q.error(param, f"the same parameter as {seen[canonical[0]]!r}: give it one constraint")
+        seen[canonical[0]] = str(param)
         if isinstance(raw, bool):  # YAML reads yes/no/on/off as booleans: say what is meant
             raise q.error(param, "write present, absent, or a quoted value")
         text = str(raw)

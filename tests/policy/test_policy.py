@@ -66,7 +66,7 @@ def policy():
     ({"path": "/v1/charges/a%5Cb"}, False, "unsafe_path"),
     ({"query": (("limit", "100"),)}, True, "allowed"),
     ({"query": (("limit", "101"),)}, False, "no_rule"),
-    ({"query": (("limit", "10"), ("limit", "1000"))}, False, "no_rule"),
+    ({"query": (("limit", "10"), ("limit", "1000"))}, False, "ambiguous_query"),  # twice: refused, whatever the values
     ({"query": (("limit", "ten"),)}, False, "no_rule"),
     ({"query": (("expand", "card"),)}, False, "no_rule"),
     ({"identity": "nobody"}, False, "unknown_identity"),
