@@ -219,10 +219,9 @@ def _judge(rule: Rule, role: str, index: int, names: set[str], method: str, path
     decoded = unquote(path)
     if not any(path_matches(p, decoded) for p in rule.paths):
         return miss("path", f"rule {rule.id} allows paths {', '.join(rule.paths)}, not {path}")
-    for params in readings:
-        failed = query_problem(rule.query, params)
-        if failed:
-            return miss(*failed)
+    failures = [f for f in (query_problem(rule.query, params) for params in readings) if f]
+    if failures:  # the most precise refusal: a reading that is ambiguous says so
+        return miss(*next((f for f in failures if f[0] == "ambiguous_query"), failures[0]))
     return None
 def destinations_for(policy: Policy, host: str, port: int, scheme: str | None = None) -> list[Destination]:
     """The destinations a host:port (and scheme, when known) belongs to."""
