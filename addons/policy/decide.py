@@ -38,11 +38,11 @@ class Request:
     query: tuple[tuple[str, str], ...] = ()  # decoded pairs; ignored when raw_query is given
     host_header: str | None = None
     sni: str | None = None
-    # Later facts, each optional so older callers keep working (see README, "How
-    # parameters are read"): the query string as sent (without "?"), which decide
-    # splits itself; the request headers as sent; and the body, once it is known
-    # (None at requestheaders), with its Content-Type, read for form, multipart and
-    # JSON parameters.
+    # Later facts, each optional so older callers keep working (how they are read:
+    # pangate.policy.query): the query string as sent (without "?"), which decide
+    # splits itself; the request headers as sent, for method overrides; and the
+    # body, once it is known (None at requestheaders), with its Content-Type, read
+    # for form, multipart and JSON parameters.
     raw_query: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     content_type: str | None = None
