@@ -328,7 +328,7 @@ def test_triggers_read_the_raw_query_and_body_of_a_request():
 def _spellings(name: str):
     """Ways a client may spell `name` for some server to read it as `name` (or as nested under it)."""
     cased = st.lists(st.booleans(), min_size=len(name), max_size=len(name)).map(
-        lambda ups: "".join(c.upper() if u else c for c, u in zip(name, ups)))
+        lambda ups: "".join(c.upper() if u else c for c, u in zip(name, ups, strict=True)))
     prefix = st.sampled_from(["", " ", "page[", "a.", "x[0]["])
     suffix = st.sampled_from(["", "[]", "[0]", "[12]", ".", "..", " ", "[].", "[ ]", "\x00", "%00", "%2e",
                               "[", "]", "[max]", "\u200b", "\t"])
