@@ -30,8 +30,10 @@ from pangate.approval.model import UI_APPROVER, Ledger, Pending, VoteRefused, ru
 from pangate.authorize.addon import request_facts
 from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
 from pangate.policy.decide import decide
-from pangate.chain.failsafe import Component, may_stream, meta, refuse, refused, request_id
-from pangate.identity.addon import caller_name
+from pangate.chain.context import ApprovalNote, FlowContext, refuse, request_id
+from pangate.chain.failsafe import Component
+from pangate.chain.scrub import rewrite_body, rewrite_headers
+from pangate.chain.wire import may_stream
 from pangate.masking.addon import masker_for
 from pangate.pan.engine import Masker
 from pangate.common.periodic import Periodic
@@ -54,6 +56,11 @@ class Held:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def _withhold(req) -> None:
+    req.headers.pop("Content-Encoding", None)
+    req.content = b"(withheld by pangate: the body could not be decoded for masking)"
+
+
 def request_digest(req) -> str:
     """What a reviewer could change in mitmweb: any difference means the request was edited."""
     state = [req.method, req.scheme, req.host, req.port, req.path, req.http_version,
@@ -62,8 +69,11 @@ def request_digest(req) -> str:
     return hashlib.sha256(json.dumps(state).encode()).hexdigest()
 
 
-class Approval(Periodic, Component):
+class ApprovalHold(Periodic, Component):
     """Holds or refuses requests under an approval rule until named approvers decide."""
+
+    # Whatever became of the flow, mitmweb and flow files keep the masked copy.
+    sees_refused = frozenset({"response", "error"})
 
     def __init__(self, store):
         self.store = store
@@ -108,9 +118,9 @@ class Approval(Periodic, Component):
         """A streamed body leaves before `request`, where holds happen: such a request cannot wait."""
         if not (flow.request.stream or may_stream(flow)):
             return
-        who = caller_name(flow)
-        decision = meta(flow).get("decision") or {}
-        if refused(flow) or who is None or decision.get("outcome") not in ("allowed", "report_only"):
+        fc = FlowContext.of(flow)
+        who, decision = fc.caller, fc.decision or {}
+        if who is None or decision.get("outcome") not in ("allowed", "report_only"):
             return
         rule = rule_for(self.store.policy, request_facts(flow, who), decision.get("destination"))
         if rule is not None:
@@ -118,27 +128,26 @@ class Approval(Periodic, Component):
                    "streamed past the hold: send it with a Content-Length under stream_large_bodies",
                    "approval_needs_buffering")
 
-    async def request(self, flow):
-        m = meta(flow)
-        decision = m.get("decision") or {}
-        who = caller_name(flow)
-        if refused(flow) or who is None or decision.get("outcome") not in ("allowed", "report_only"):
-            return
+    def request(self, flow):
+        fc = FlowContext.of(flow)
+        who, decision = fc.caller, fc.decision or {}
+        if who is None or decision.get("outcome") not in ("allowed", "report_only"):
+            return None
         rule = rule_for(self.store.policy, request_facts(flow, who), decision.get("destination"))
         if rule is None:
-            return
+            return None
         if rule.mode == "grant":
             self._grant(flow, rule, who)
-        else:
-            await self._hold(flow, rule, who)
+            return None
+        return self._hold(flow, rule, who)  # the data path waits for it before the credential is added
 
     def _grant(self, flow, rule, who: str) -> None:
         opened = self.ledger.granted(who, rule.name)
         if opened is not None:
-            meta(flow)["approval"] = self._note(opened, "granted")
+            FlowContext.of(flow).approval = self._note(opened, "granted")
             return
         p = self.ledger.find_open(who, rule.name) or self._open(flow, rule, who)
-        meta(flow)["approval"] = self._note(p, "pending")
+        FlowContext.of(flow).approval = self._note(p, "pending")
         refuse(flow, 403, "approval_required",
                f"rule {rule.name} needs approval {p.id} by {rule.required} approver(s) "
                f"(`{CLI} approve {p.id}`); once approved, repeat the request within "
@@ -163,7 +172,7 @@ class Approval(Periodic, Component):
         flow.marked = ":hourglass_flowing_sand:"
         flow.comment = (f"pangate approval {p.id}: rule {rule.name}, requested by {who}; "
                         f"{CLI} approve {p.id}" + (" or resume here" if rule.ui_resume else ""))
-        meta(flow)["approval"] = self._note(p, "pending")
+        FlowContext.of(flow).approval = self._note(p, "pending")
         self._update(flow)
         log.info("pangate approval held id=%s request_id=%s requester=%s rule=%s",
                  p.id, p.request_id, who, rule.name)
@@ -235,7 +244,7 @@ class Approval(Periodic, Component):
             refuse(flow, 403, "forbidden", f"denied by reviewer {p.decided_by or 'pangate'}: {p.reason}",
                    "approval_denied")
             self._emit("approval_denied", p)
-        meta(flow)["approval"] = self._note(p, p.status)
+        FlowContext.of(flow).approval = self._note(p, p.status)
         flow.comment = f"{flow.comment} -> {p.status}" + (f" by {p.decided_by}" if p.decided_by else "")
         self._update(flow)
 
@@ -288,7 +297,7 @@ class Approval(Periodic, Component):
         p = self.ledger.vote(self.store.policy, h.pending.id, approver, approve, reason)
         if p.status == "pending":
             self._emit("approval_vote", p, voter=approver)
-            meta(h.flow)["approval"] = self._note(p, "pending")
+            FlowContext.of(h.flow).approval = self._note(p, "pending")
         h.wake.set()
 
     def pending(self) -> list[dict]:
@@ -304,7 +313,7 @@ class Approval(Periodic, Component):
             jti = record.get("jti")
             closed = [self.ledger.close(h.pending, "denied", None, "the requester's token was revoked")
                       for h in list(self.held.values())
-                      if jti and (meta(h.flow).get("identity") or {}).get("token_id") == jti]
+                      if jti and (FlowContext.of(h.flow).identity or {}).get("token_id") == jti]
         for p in closed:
             h = self.held.get(p.id)
             if h is not None:
@@ -320,23 +329,15 @@ class Approval(Periodic, Component):
         for name in CLIENT_CREDENTIAL_HEADERS:  # the client's own secrets are not for reviewers either
             if name in req.headers:
                 req.headers[name] = "(redacted by pangate)"
-        for name in list(req.headers.keys()):
-            values = req.headers.get_all(name)
-            masked = [self.masker.mask_text(v)[0] for v in values]
-            if masked != values:
-                req.headers.set_all(name, masked)
-        try:
-            body = req.get_content(strict=True)
-        except ValueError:
-            req.headers.pop("Content-Encoding", None)
-            req.content = b"(withheld by pangate: the body could not be decoded for masking)"
-            return
-        if body:
-            masked, n = self.masker.mask(body)
-            if n:
-                req.set_content(masked)
+        rewrite_headers(req.headers, lambda v: self.masker.mask_text(v)[0])
 
-    def _note(self, p: Pending, status: str) -> dict:
+        def masked(body: bytes) -> bytes | None:
+            out, n = self.masker.mask(body)
+            return out if n else None
+
+        rewrite_body(req, masked, _withhold)
+
+    def _note(self, p: Pending, status: str) -> ApprovalNote:
         return {"id": p.id, "rule": p.rule.name, "mode": p.rule.mode, "status": status,
                 "requester": p.requester, "approvers": list(p.votes), "decided_by": p.decided_by,
                 "reason": p.reason}

@@ -22,7 +22,8 @@ from mitmproxy import ctx, exceptions
 from pangate.common import events
 from pangate.audit.keys import load_or_create_signing_key
 from pangate.audit.log import AuditWriter
-from pangate.chain.failsafe import Component, meta, refuse, refused
+from pangate.chain.context import KEY, FlowContext, refuse
+from pangate.chain.failsafe import FLOW_HOOKS, Component
 from pangate.pan.engine import Masker
 
 log = logging.getLogger("pangate")
@@ -60,12 +61,12 @@ def flow_record(flow, secret_params=()) -> dict:
     """The audit record of one flow, built only from masked or non-secret fields.
 
     `secret_params` names query parameters holding an injected credential."""
-    m = flow.metadata.get("pangate", {})
+    fc = FlowContext(flow.metadata.get(KEY, {}))  # read only: the flow is not changed
     req, resp = flow.request, flow.response
     path, query = (req.path.split("?", 1) + [""])[:2]
-    refused = m.get("refused")
-    decision = m.get("decision") or {}
-    if m.get("error") or flow.error:
+    refused = fc.refused
+    decision = fc.decision or {}
+    if fc.error or flow.error:
         outcome = "error"
     elif refused:
         outcome = {407: "token_refused", 403: "denied", 503: "unavailable"}.get(refused["status"], "refused")
@@ -75,8 +76,8 @@ def flow_record(flow, secret_params=()) -> dict:
     record = {
         "event": "connect" if req.method == "CONNECT" else "request",
         "outcome": outcome,
-        "request_id": m.get("request_id"),
-        "identity": m.get("identity"),
+        "request_id": fc.request_id,
+        "identity": fc.identity,
         "origin": {"client": f"{client[0]}:{client[1]}" if client else None, "connection": flow.client_conn.id},
         "destination": {"scheme": req.scheme, "host": req.host, "port": req.port, "method": req.method,
                         "path": _masker.mask_url(path)[0], "query": redact_query(query, secret_params)},
@@ -89,11 +90,12 @@ def flow_record(flow, secret_params=()) -> dict:
         "started": _iso(req.timestamp_start),
         "duration_ms": round(((resp.timestamp_end if resp and resp.timestamp_end else time.time())
                               - req.timestamp_start) * 1000, 1) if req.timestamp_start else None,
-        "pans_masked": m.get("pans_masked", 0),
+        "pans_masked": fc.pans_masked,
     }
-    for key in ("credential", "reveal", "approval", "approver", "replayed_from", "failed_hook", "error"):
-        if m.get(key) is not None:
-            record[key] = m[key]
+    for key, value in (("credential", fc.credential), ("reveal", fc.reveal), ("approval", fc.approval),
+                       ("replayed_from", fc.replayed_from), ("failed_hook", fc.failed_hook), ("error", fc.error)):
+        if value is not None:
+            record[key] = value
     if flow.error:
         record["error"] = _masker.mask_text(str(flow.error.msg))[0]
     return record
@@ -101,6 +103,8 @@ def flow_record(flow, secret_params=()) -> dict:
 
 class Audit(Component):
     """Writes the audit trail and ends every flow with one canonical decision log line."""
+
+    sees_refused = FLOW_HOOKS  # a refusal is recorded like any other outcome
 
     def __init__(self, store):
         self.store = store
@@ -174,10 +178,10 @@ class Audit(Component):
 
     def _finish(self, flow) -> int | None:
         """Append the flow's record once; returns its seq."""
-        m = meta(flow)
-        if m.get("recorded") or self.writer is None:
+        fc = FlowContext.of(flow)
+        if fc.recorded or self.writer is None:
             return None
-        m["recorded"] = True
+        fc.recorded = True
         record = flow_record(flow, credential_params(self.store.policy))
         seq = self.writer.append(record)
         log.info("pangate decision id=%s identity=%s outcome=%s code=%s status=%s %s %s://%s:%s%s rule=%s",
@@ -205,16 +209,19 @@ class Audit(Component):
         # A tunnel refused after the CONNECT hook (e.g. at the resolved-address check).
         self._finish(flow)
 
-    async def response(self, flow):
+    def response(self, flow):
         if flow.websocket is not None and flow.response.status_code == 101:
-            return  # recorded at websocket_end, with the whole conversation
+            return None  # recorded at websocket_end, with the whole conversation
         seq = self._finish(flow)
-        if seq is None or not ctx.options.pangate_audit_strict or refused(flow):
-            return
+        if seq is None or not ctx.options.pangate_audit_strict or FlowContext.of(flow).refused is not None:
+            return None
+        return self._withhold_unless_durable(flow, seq)  # strict: the response waits for its record
+
+    async def _withhold_unless_durable(self, flow, seq: int) -> None:
         if not await self._durable(seq):
             reason = "the audit record of this request could not be written; the response was withheld"
             refuse(flow, 503, "unavailable", reason, "audit_unavailable")
-            events.emit("audit_response_withheld", alert=True, request_id=meta(flow).get("request_id"),
+            events.emit("audit_response_withheld", alert=True, request_id=FlowContext.of(flow).request_id,
                         record_seq=seq)
 
     def websocket_end(self, flow):

@@ -11,8 +11,8 @@ from mitmproxy import connection
 from pangate.authorize.address import Refused, checked_address, is_ip_literal, resolve
 from pangate.common import events
 from pangate.policy.decide import Decision, Request, decide, decide_connect, destinations_for
-from pangate.chain.failsafe import Component, meta, refuse, refused
-from pangate.identity.addon import caller_name
+from pangate.chain.context import FlowContext, is_refused, refuse
+from pangate.chain.failsafe import Component
 
 log = logging.getLogger("pangate")
 
@@ -37,7 +37,7 @@ def request_facts(flow, identity: str) -> Request:
 
 
 def note(flow, decision: Decision) -> None:
-    meta(flow)["decision"] = {"outcome": decision.outcome, "reason": decision.reason,
+    FlowContext.of(flow).decision = {"outcome": decision.outcome, "reason": decision.reason,
                               "detail": decision.detail, "rule": decision.rule,
                               "destination": decision.destination}
 
@@ -56,18 +56,15 @@ class Authorize(Component):
             log.warning("pangate report-only: %s", decision.detail)
 
     def http_connect(self, flow):
-        if refused(flow):
-            return
-        who = caller_name(flow)
+        who = FlowContext.of(flow).caller
         if who is None:  # no identity and not refused: never let that pass
             refuse(flow, 407, "proxy_auth_required", "no identity was established", "missing_token")
             return
         self._apply(flow, decide_connect(self.store.policy, who, flow.request.host, flow.request.port))
 
     def requestheaders(self, flow):
-        if refused(flow):
-            return
-        who = caller_name(flow)
+        fc = FlowContext.of(flow)
+        who = fc.caller
         if who is None:
             refuse(flow, 407, "proxy_auth_required", "no identity was established", "missing_token")
             return
@@ -79,22 +76,22 @@ class Authorize(Component):
             return
         facts = request_facts(flow, who)
         decision = decide(self.store.policy, facts)
-        meta(flow)["destination"] = {"scheme": facts.scheme, "host": facts.host, "port": facts.port}
+        fc.target = {"scheme": facts.scheme, "host": facts.host, "port": facts.port}
         self._apply(flow, decision)
 
     def request(self, flow):
         # Decided again on the request as it will be sent: another addon or a
         # reviewer's edit must not carry a request past the policy.
-        m = meta(flow)
-        if refused(flow) or "destination" not in m:
+        fc = FlowContext.of(flow)
+        d = fc.target
+        if d is None:
             return
         req = flow.request
         if (req.is_http2 or req.is_http3) and req.raw_content and "content-length" not in req.headers:
             # Relayed to an HTTP/1 upstream, a body without its length would be read as
             # the start of another request, one nobody decided.
             req.headers["content-length"] = str(len(req.raw_content))
-        facts = request_facts(flow, caller_name(flow))
-        d = m["destination"]
+        facts = request_facts(flow, fc.caller)
         if (facts.scheme, facts.host, facts.port) != (d["scheme"], d["host"], d["port"]):
             refuse(flow, 403, "forbidden", "the request's destination changed after it was authorized",
                    "destination_changed")
@@ -106,6 +103,9 @@ class Authorize(Component):
 
 class AddressGuard(Component):
     """Refuses destinations that resolve to forbidden addresses; pins connections to checked ones."""
+
+    # Both forget the refusal server_connect left for the flow, refused or not.
+    sees_refused = frozenset({"http_connect_error", "error"})
 
     def __init__(self, store, resolver=resolve):
         self.store = store
@@ -123,19 +123,19 @@ class AddressGuard(Component):
             addr = await self._check(req.host, req.port, None if req.method == "CONNECT" else req.scheme)
         except Refused as e:
             refuse(flow, 403, "forbidden", str(e), "address_not_allowed")
-            events.emit("address_refused", request_id=meta(flow).get("request_id"), host=req.host,
+            events.emit("address_refused", request_id=FlowContext.of(flow).request_id, host=req.host,
                         port=req.port, reason=str(e))
             return
-        meta(flow)["address"] = addr
+        FlowContext.of(flow).address = addr
 
-    async def http_connect(self, flow):
-        if not refused(flow):
-            await self._check_flow(flow)
+    def http_connect(self, flow):
+        return self._check_flow(flow)
 
-    async def requestheaders(self, flow):
+    def requestheaders(self, flow):
         # Inside a tunnel the connection was checked and pinned at CONNECT.
-        if not refused(flow) and not flow.server_conn.connected:
-            await self._check_flow(flow)
+        if not flow.server_conn.connected:
+            return self._check_flow(flow)
+        return None
 
     async def server_connect(self, data) -> None:
         """Every upstream connection: resolve, check, and connect to the checked address only."""
@@ -188,9 +188,9 @@ class AddressGuard(Component):
     def http_connect_error(self, flow):
         """A CONNECT refused in server_connect answers with pangate's 403, not a bare 502."""
         reason = self._refusals.pop(flow.server_conn.id, None)
-        if reason is not None and not refused(flow):
+        if reason is not None and not is_refused(flow):
             refuse(flow, 403, "forbidden", reason, "address_not_allowed")
-            events.emit("address_refused", request_id=meta(flow).get("request_id"), host=flow.request.host,
+            events.emit("address_refused", request_id=FlowContext.of(flow).request_id, host=flow.request.host,
                         port=flow.request.port, reason=reason)
 
     def error(self, flow):

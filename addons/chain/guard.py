@@ -1,4 +1,4 @@
-"""The head of the chain: tags every flow and refuses traffic while any control is down."""
+"""The head of the data path: tags every flow and refuses traffic while any control is down."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import logging
 from mitmproxy import ctx, exceptions
 
 from pangate.chain import failsafe
-
-from pangate.chain import veil
-from pangate.chain.failsafe import Component, meta, refuse, refused, request_id, stop_messages
+from pangate.chain.context import FlowContext, is_refused, refuse, request_id
+from pangate.chain.failsafe import FLOW_HOOKS, Component
+from pangate.chain.wire import stop_messages
 
 log = logging.getLogger("pangate")
 
@@ -38,6 +38,8 @@ REQUIRED_OPTIONS = {
 class Guard(Component):
     """Runs first. Marks the chain live once loaded, and not live once unloaded."""
 
+    sees_refused = FLOW_HOOKS  # every flow gets its request id, refused or not
+
     def __init__(self, components: list):
         self.components = components
 
@@ -64,10 +66,11 @@ class Guard(Component):
         if flow.is_replay:
             # A replay (each attempt) is a new request by whoever started it: none of the
             # original's identity, decision, refusal or approval carries over.
-            origin = meta(flow).get("replayed_from") or meta(flow).get("request_id")
+            old = FlowContext.of(flow)
+            origin = old.replayed_from or old.request_id
             flow.metadata["pangate"] = {"replayed_from": origin}
         request_id(flow)
-        if refused(flow):
+        if is_refused(flow):
             return
         for c in self.components:
             if not c.healthy:
@@ -87,7 +90,7 @@ class Guard(Component):
 
     def tcp_start(self, flow):
         # pangate speaks HTTP only; anything else in a tunnel would go unchecked.
-        meta(flow)["refused"] = {"code": "not_http", "reason": "only HTTP traffic may pass"}
+        FlowContext.of(flow).mark_refused(403, "not_http", "only HTTP traffic may pass")
         stop_messages(flow)
 
     def tcp_message(self, flow):
@@ -96,9 +99,3 @@ class Guard(Component):
     def udp_start(self, flow):
         stop_messages(flow)
 
-
-def chain(*components) -> list:
-    """The addon list for the gateway script: Guard first, then the controls in order."""
-    failsafe.install_sentinel()
-    veil.install_veil()
-    return [Guard(list(components)), *components]

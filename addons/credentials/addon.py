@@ -20,7 +20,10 @@ from mitmproxy import ctx
 
 from pangate.chain import veil
 from pangate.policy.decide import destinations_for
-from pangate.chain.failsafe import Component, may_stream, meta, refuse, refused
+from pangate.chain.context import FlowContext, refuse
+from pangate.chain.failsafe import Component
+from pangate.chain.scrub import rewrite_headers
+from pangate.chain.wire import may_stream
 from pangate.policy.model import Credential, Policy
 
 log = logging.getLogger("pangate")
@@ -98,6 +101,8 @@ def read_secret(cred: Credential, environ=os.environ) -> str:
 class Credentials(Component):
     """Injects each destination's credential into allowed requests."""
 
+    sees_refused = frozenset({"responseheaders"})  # an echoed secret is redacted from any response
+
     def __init__(self, store):
         self.store = store
         self.secrets: dict[str, Secret] = {}
@@ -129,7 +134,7 @@ class Credentials(Component):
 
     def scrub_sent(self, flow) -> None:
         """Once the request has left, the flow (and so mitmweb) keeps only a placeholder."""
-        cred = meta(flow).get("credential")
+        cred = FlowContext.of(flow).credential
         secret = self.secrets.get(cred["destination"]) if cred else None
         if secret is None:
             return
@@ -153,21 +158,18 @@ class Credentials(Component):
             self._redact_headers(flow.response.headers, secret.forms)
 
     def secret_sent(self, flow) -> "Secret | None":
-        dest = (meta(flow).get("credential") or {}).get("destination")
+        dest = (FlowContext.of(flow).credential or {}).get("destination")
         return self.secrets.get(dest) if dest else None
 
     @staticmethod
     def _redact_headers(headers, forms) -> None:
-        for k in list(headers.keys()):
-            values = headers.get_all(k)
-            redacted = [_redact(v, forms) for v in values]
-            if redacted != values:
-                headers.set_all(k, redacted)
+        rewrite_headers(headers, lambda v: _redact(v, forms))
 
     def request(self, flow):
-        if refused(flow) or "credential" in meta(flow):
+        fc = FlowContext.of(flow)
+        if fc.credential is not None:
             return
-        dest = (meta(flow).get("decision") or {}).get("destination")
+        dest = fc.destination
         if dest is None:
             return
         if dest in self.missing:
@@ -176,14 +178,14 @@ class Credentials(Component):
             return
         if dest in self.client_certs:  # presented in the TLS handshake (tls_start_server)
             self._strip_client_credentials(flow, self.client_certs[dest].credential)
-            meta(flow)["credential"] = {"destination": dest, "type": "mtls"}
+            fc.credential = {"destination": dest, "type": "mtls"}
             return
         secret = self.secrets.get(dest)
         if secret is None:
             return
         self._strip_client_credentials(flow, secret.credential)
         self._inject(flow, secret)
-        meta(flow)["credential"] = {"destination": dest, "type": secret.credential.type}
+        fc.credential = {"destination": dest, "type": secret.credential.type}
 
     def tls_start_server(self, tls_start) -> None:
         """Present the destination's client certificate to an upstream that asks for mTLS.

@@ -31,8 +31,9 @@ import logging
 import re
 
 
-from pangate.chain.failsafe import Component, abort_connections, may_stream, meta, refuse, refused, safe_traceback
-from pangate.identity.addon import caller_name
+from pangate.chain.context import FlowContext, cut, refuse
+from pangate.chain.failsafe import Component, safe_traceback
+from pangate.chain.wire import may_stream
 from pangate.masking.addon import masker_for, scrub_request
 from pangate.pan.engine import Masker, contains_pan, url_contains_pan
 from pangate.policy.model import Policy, Reveal
@@ -126,16 +127,15 @@ class RequestScanner:
 
     def _stop(self, reason: str, code: str) -> None:
         self.stopped = True
-        m = meta(self.flow)
-        m["refused"] = {"status": 403 if code == CODE else 502, "code": code, "reason": reason}
-        m["error"] = reason
-        log.warning("pangate dlp: %s (request_id=%s)", reason, m.get("request_id"))
-        abort_connections(self.flow, self.flow.server_conn, self.flow.client_conn)
+        log.warning("pangate dlp: %s (request_id=%s)", reason, FlowContext.of(self.flow).request_id)
+        cut(self.flow, 403 if code == CODE else 502, code, reason)
 
 
 # ---- the addon -----------------------------------------------------------------------
 class Dlp(Component):
     """After Authorize, before Credentials: keeps PANs away from non-card destinations."""
+
+    sees_refused = frozenset({"websocket_message"})  # every client message is checked
 
     def __init__(self, store):
         self.store = store
@@ -145,16 +145,14 @@ class Dlp(Component):
     def _policy_changed(self, policy: Policy) -> None:
         self.masker = masker_for(policy)
 
-    def _destination(self, flow) -> str | None:
-        return (meta(flow).get("decision") or {}).get("destination")
-
     def requestheaders(self, flow):
-        if refused(flow) or flow.request.method == "CONNECT":
+        if flow.request.method == "CONNECT":
             return
-        policy, dest = self.store.policy, self._destination(flow)
-        r = reveal_for(policy, caller_name(flow), dest)
+        fc = FlowContext.of(flow)
+        policy, dest = self.store.policy, fc.destination
+        r = reveal_for(policy, fc.caller, dest)
         if r is not None:
-            meta(flow)["reveal"] = {"identity": r.identity, "destination": r.destination,
+            fc.reveal = {"identity": r.identity, "destination": r.destination,
                                     "justification": r.justification, "policy_line": r.line}
         if is_card_destination(policy, dest):
             return
@@ -167,9 +165,9 @@ class Dlp(Component):
             flow.request.stream = RequestScanner(flow, dest or "?")
 
     def request(self, flow):
-        if refused(flow) or flow.request.method == "CONNECT":
+        if flow.request.method == "CONNECT":
             return
-        policy, dest = self.store.policy, self._destination(flow)
+        policy, dest = self.store.policy, FlowContext.of(flow).destination
         if is_card_destination(policy, dest):
             return  # sent as written; masked at rest by masking.scrub_request
         body = None
@@ -183,17 +181,16 @@ class Dlp(Component):
 
     def websocket_message(self, flow):
         msg = flow.websocket.messages[-1]
-        if not msg.from_client or is_card_destination(self.store.policy, self._destination(flow)):
+        fc = FlowContext.of(flow)
+        if not msg.from_client or is_card_destination(self.store.policy, fc.destination):
             return
         if contains_pan(msg.content):
             msg.drop()
-            reason = (f"a websocket message carries a card number; destination {self._destination(flow)} "
+            reason = (f"a websocket message carries a card number; destination {fc.destination} "
                       "is not marked card_data")
             msg.content = self.masker.mask(msg.content)[0]  # the dropped copy is kept: masked
-            meta(flow)["refused"] = {"status": 403, "code": CODE, "reason": reason}
-            meta(flow)["error"] = reason
-            log.warning("pangate dlp: %s (request_id=%s)", reason, meta(flow).get("request_id"))
-            abort_connections(flow, flow.server_conn, flow.client_conn)
+            log.warning("pangate dlp: %s (request_id=%s)", reason, fc.request_id)
+            cut(flow, 403, CODE, reason)
 
     def _refuse(self, flow, dest, where: str) -> None:
         refuse(flow, 403, "forbidden",

@@ -18,9 +18,11 @@ from mitmproxy import ctx, exceptions
 from pangate.common import events
 
 from pangate.chain import veil
-from pangate.chain.failsafe import Component, meta, refuse, refused
+from pangate.chain.context import FlowContext, refuse
+from pangate.chain.failsafe import Component
 from pangate.policy.model import Policy
-from pangate.common.periodic import Periodic, file_stamp
+from pangate.common.filewatch import WatchedFile
+from pangate.common.periodic import file_stamp
 from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
 from pangate.policy.schema import parse_duration
 from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_proxy_authorization
@@ -107,7 +109,7 @@ class Throttle:
         return n, min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
 
 
-class Identity(Component):
+class Identify(Component):
     """Authenticates CONNECT and plain proxy requests; binds identities to connections."""
 
     def __init__(self, store, revocations=None):
@@ -187,7 +189,7 @@ class Identity(Component):
 
     def _refuse(self, flow, code: str, reason: str) -> None:
         refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})
-        events.emit("token_refused", code=code, reason=reason, request_id=meta(flow).get("request_id"),
+        events.emit("token_refused", code=code, reason=reason, request_id=FlowContext.of(flow).request_id,
                     client=_peer(flow))
 
     def _still_valid(self, flow, caller: Caller) -> bool:
@@ -209,39 +211,34 @@ class Identity(Component):
         return issuer.leeway if issuer else 0.0
 
     def _bind(self, flow, caller: Caller) -> None:
-        meta(flow)["identity"] = caller.record()
+        FlowContext.of(flow).identity = caller.record()
 
     async def http_connect(self, flow):
-        if refused(flow):
-            return
         caller = await self._authenticate(flow)
         if caller and self._still_valid(flow, caller):
             self.bound[flow.client_conn.id] = caller
             self._bind(flow, caller)
 
-    async def requestheaders(self, flow):
-        if refused(flow):
-            return
+    def requestheaders(self, flow):
         # A replay (e.g. started in mitmweb) is someone else's request: it never
         # inherits the identity of the connection it was captured on.
         caller = None if flow.is_replay else self.bound.get(flow.client_conn.id)
         if caller is None:
-            caller = await self._authenticate(flow)  # plain-HTTP proxy request: each one carries it
-            if caller is None:
-                return
-        else:
-            veil.take_proxy_authorization(flow)
-            flow.request.headers.pop(PROXY_AUTH, None)
+            return self._authenticate_request(flow)  # plain-HTTP proxy request: each one carries it
+        # Inside a tunnel the identity was proven at CONNECT: re-checked here, no waiting.
+        veil.take_proxy_authorization(flow)
+        flow.request.headers.pop(PROXY_AUTH, None)
         if self._still_valid(flow, caller):
+            self._bind(flow, caller)
+        return None
+
+    async def _authenticate_request(self, flow) -> None:
+        caller = await self._authenticate(flow)
+        if caller is not None and self._still_valid(flow, caller):
             self._bind(flow, caller)
 
     def client_disconnected(self, client):
         self.bound.pop(client.id, None)
-
-
-def caller_name(flow) -> str | None:
-    ident = flow.metadata.get("pangate", {}).get("identity")
-    return ident["name"] if ident else None
 
 
 def _peer(flow) -> str | None:
@@ -249,14 +246,13 @@ def _peer(flow) -> str | None:
     return f"{addr[0]}:{addr[1]}" if addr else None
 
 
-class Revocations(Periodic, Component):
+class Revocations(WatchedFile, Component):
     """Loads `pangate_revocations`, reloads it on change, and answers is_revoked()."""
 
     _had_file = False  # once a list was read, a missing file is a failure, not "nothing revoked"
 
     def __init__(self):
         self.current = RevocationList()
-        self._stamp = None
         self.problem_code = "revocations_unavailable"
 
     def load(self, loader):
@@ -288,7 +284,7 @@ class Revocations(Periodic, Component):
             raise ValueError(f"{path} disappeared")
         self._had_file = self._had_file or stamp is not None  # even if it does not parse
         new = read(path)
-        old, self.current, self._stamp = self.current, new, stamp
+        old, self.current, self.stamp = self.current, new, stamp
         self.healthy, self.problem = True, ""
         log.info("pangate revocation list loaded from %s: %d identities, %d token ids",
                  path, len(new.identities), len(new.jtis))
@@ -308,21 +304,19 @@ class Revocations(Periodic, Component):
         try:
             self.poll()
         except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching
-            self.healthy, self._stamp = False, None
+            self.healthy, self.stamp = False, None
             self.problem = f"the revocation list could not be checked ({type(e).__name__})"
             log.exception("pangate revocation watcher")
 
-    def poll(self) -> None:
-        """Reload the list if its file changed."""
-        path = ctx.options.pangate_revocations
-        stamp = file_stamp(path)
-        if stamp == self._stamp:
-            return
+    def watched_path(self) -> str:
+        return ctx.options.pangate_revocations
+
+    def changed(self, path: str, stamp) -> None:
         try:
             self._load(path)
         except ValueError as e:
             # An unreadable list may hide a revocation: refuse all traffic until it reads again.
-            self._stamp = stamp
+            self.stamp = stamp
             self.healthy = False
             self.problem = f"the revocation list cannot be read ({e}); requests are refused until it can"
             log.error("pangate %s", self.problem)

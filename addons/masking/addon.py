@@ -38,7 +38,10 @@ import os
 import zlib
 
 
-from pangate.chain.failsafe import Component, DropUpstreamBody, abort_connections, may_stream, meta, refuse, refused, safe_traceback
+from pangate.chain.context import DropUpstreamBody, FlowContext, is_refused, refuse
+from pangate.chain.failsafe import Component, safe_traceback
+from pangate.chain.scrub import rewrite_body, rewrite_headers
+from pangate.chain.wire import abort_connections, may_stream
 from pangate.pan.engine import Masker
 from pangate.policy.model import Policy
 
@@ -211,22 +214,21 @@ class BodyStream:
         return [o for o in out if o]
 
     def _note(self) -> None:
-        m = meta(self.flow)
-        if self.redact is not None and self.redact.count and isinstance(m.get("credential"), dict):
-            m["credential"]["echo_redacted"] = True
+        fc = FlowContext.of(self.flow)
+        if self.redact is not None and self.redact.count and isinstance(fc.credential, dict):
+            fc.credential["echo_redacted"] = True
         if self.reveal:
-            m["reveal"]["pans_revealed"] = self.sm.count
-        elif self.sm.count:
-            m["pans_masked"] = m.get("pans_masked", 0) + self.sm.count
+            fc.reveal["pans_revealed"] = self.sm.count
+        else:
+            fc.add_pans_masked(self.sm.count)
 
     def _fail(self, exc: Exception) -> None:
         self.failed = True
         reason = "the response body could not be masked; the stream was cut"
-        log.error("pangate masking stream failed (request_id=%s):\n%s",
-                  meta(self.flow).get("request_id"), safe_traceback(exc))
-        m = meta(self.flow)
-        m["error"] = reason
-        m["failed_hook"] = "Masking.stream"
+        fc = FlowContext.of(self.flow)
+        log.error("pangate masking stream failed (request_id=%s):\n%s", fc.request_id, safe_traceback(exc))
+        fc.error = reason
+        fc.failed_hook = "ResponseMasking.stream"
         abort_connections(self.flow, self.flow.client_conn, self.flow.server_conn)
 
 
@@ -261,8 +263,13 @@ class _Redact:
 OFFLOAD_BYTES = 256 * 1024
 
 # ---- the addon ---------------------------------------------------------------------------
-class Masking(Component):
+class ResponseMasking(Component):
     """Masks PANs and strips sensitive authentication data from everything that flows back."""
+
+    # What is kept of a flow is masked whether or not it was refused; a response
+    # body is masked only for a flow that was not (a refusal replaced it).
+    sees_refused = frozenset({"requestheaders", "request", "responseheaders", "error",
+                              "websocket_message", "websocket_end"})
 
     def __init__(self, store, credentials=None):
         self.store = store
@@ -277,16 +284,16 @@ class Masking(Component):
 
     # -- requests refused before they left: keep (and let mitmdump print) only the masked form
     def requestheaders(self, flow):
-        if refused(flow):
+        if is_refused(flow):
             self._refused(flow)
 
     def request(self, flow):
-        if refused(flow):
+        if is_refused(flow):
             self._refused(flow)
 
     def _refused(self, flow) -> None:
         scrub_request(self.masker, flow)
-        meta(flow).pop("reveal", None)  # nothing was revealed: the record must not say so
+        del FlowContext.of(flow).reveal  # nothing was revealed: the record must not say so
 
     # -- responses
     def responseheaders(self, flow):
@@ -295,28 +302,27 @@ class Masking(Component):
         except Exception as e:
             # Not left to failsafe: its buffered refusal could still be switched
             # to raw streaming by mitmproxy under stream_large_bodies.
-            log.error("pangate Masking.responseheaders failed; flow refused:\n%s", safe_traceback(e))
-            refuse(flow, 502, "gateway_error", "an internal check failed (Masking.responseheaders); "
+            log.error("pangate ResponseMasking.responseheaders failed; flow refused:\n%s", safe_traceback(e))
+            refuse(flow, 502, "gateway_error", "an internal check failed (ResponseMasking.responseheaders); "
                    "the response was not forwarded", "internal_error")  # drops the upstream body
-            meta(flow)["failed_hook"] = "Masking.responseheaders"
+            FlowContext.of(flow).failed_hook = "ResponseMasking.responseheaders"
 
     def _responseheaders(self, flow):
         # The request has been sent: from now on the flow keeps (and mitmdump
         # prints, from its `response` hook on) only its masked form.
         scrub_request(self.masker, flow)
-        if refused(flow):
+        fc = FlowContext.of(flow)
+        if fc.refused is not None:
             # An addon refused this response (or failed on it) after the upstream
             # answered. Buffering is not enough: mitmproxy would later switch a
             # large upstream body to raw streaming under the refusal's headers.
             # So the upstream body is read and dropped, and the refusal sent.
             flow.response.stream = DropUpstreamBody(flow.response.content or b"")
-            meta(flow).pop("reveal", None)
+            del fc.reveal
             return
         resp = flow.response
-        count = mask_headers(self.masker, resp.headers)
-        if count:
-            meta(flow)["pans_masked"] = meta(flow).get("pans_masked", 0) + count
-        reveal = meta(flow).get("reveal") is not None
+        fc.add_pans_masked(mask_headers(self.masker, resp.headers))
+        reveal = fc.reveal is not None
         events = resp.headers.get("content-type", "").lower().startswith("text/event-stream")
         if not (resp.stream or events or reveal or may_stream(flow, response=True)):
             return  # buffered: masked whole in `response`
@@ -325,7 +331,7 @@ class Masking(Component):
             decoder = stream_decoder(enc)
         except ValueError as e:
             refuse(flow, 502, "gateway_error", str(e), "unsupported_encoding")  # drops the upstream body
-            meta(flow).pop("reveal", None)
+            del fc.reveal
             return
         resp.headers.pop("content-encoding", None)  # what goes out is decoded
         if enc.strip().lower() not in ("", "identity"):
@@ -335,40 +341,46 @@ class Masking(Component):
                     resp.headers["transfer-encoding"] = "chunked"
         resp.stream = BodyStream(flow, self.masker, decoder, events=events, reveal=reveal,
                                  redact=self._secrets_of(flow))
-        meta(flow)["streamed"] = True
+        fc.streamed = True
 
     def _secrets_of(self, flow) -> tuple[bytes, ...]:
         secret = self.credentials.secret_sent(flow) if self.credentials is not None else None
         return tuple(f.encode() for f in secret.forms) if secret is not None else ()
 
-    async def response(self, flow):
+    def response(self, flow):
         resp = flow.response
         if resp is None:
-            return
-        if refused(flow):
-            return
-        if meta(flow).get("streamed"):
+            return None
+        fc = FlowContext.of(flow)
+        if fc.streamed:
             if resp.raw_content:  # store_streamed_bodies: keep the stored copy masked at rest
                 resp.content = self.masker.mask(resp.content)[0]
-            return
+            return None
         count = mask_headers(self.masker, resp.headers)
         secrets = self._secrets_of(flow)
         if resp.raw_content and len(resp.raw_content) > OFFLOAD_BYTES:
-            # A big body is decoded, scanned and re-encoded on a worker thread, so the
-            # event loop keeps serving other flows meanwhile (no 100 ms stalls). It is
-            # taken out of the flow meanwhile: mitmweb must not read it unmasked.
-            work = resp.copy()
-            resp.raw_content = b""
-            n, echoed = await asyncio.to_thread(mask_response_body, self.masker, work, secrets)
-            flow.response = resp = work
-        else:
-            n, echoed = mask_response_body(self.masker, resp, secrets)
-        count += n
+            return self._mask_off_loop(flow, count, secrets)
+        n, echoed = mask_response_body(self.masker, resp, secrets)
+        self._masked(fc, count + n, echoed)
+        return None
+
+    async def _mask_off_loop(self, flow, count: int, secrets) -> None:
+        # A big body is decoded, scanned and re-encoded on a worker thread, so the
+        # event loop keeps serving other flows meanwhile (no 100 ms stalls). It is
+        # taken out of the flow meanwhile: mitmweb must not read it unmasked.
+        resp = flow.response
+        work = resp.copy()
+        resp.raw_content = b""
+        n, echoed = await asyncio.to_thread(mask_response_body, self.masker, work, secrets)
+        flow.response = work
+        self._masked(FlowContext.of(flow), count + n, echoed)
+
+    @staticmethod
+    def _masked(fc: FlowContext, count: int, echoed: bool) -> None:
         if echoed:
-            meta(flow)["credential"]["echo_redacted"] = True
-        meta(flow)["response_masked"] = True  # the recorder need not scan it again
-        if count:
-            meta(flow)["pans_masked"] = meta(flow).get("pans_masked", 0) + count
+            fc.credential["echo_redacted"] = True
+        fc.response_masked = True  # the recorder need not scan it again
+        fc.add_pans_masked(count)
 
     def error(self, flow):
         scrub_request(self.masker, flow)
@@ -377,11 +389,12 @@ class Masking(Component):
     def websocket_message(self, flow):
         messages = flow.websocket.messages
         msg = messages[-1]
-        if not msg.from_client and not msg.dropped and meta(flow).get("reveal") is None:
+        fc = FlowContext.of(flow)
+        if not msg.from_client and not msg.dropped and fc.reveal is None:
             out, n = self.masker.mask(msg.content)
             if n or out != msg.content:
                 msg.content = out
-                meta(flow)["pans_masked"] = meta(flow).get("pans_masked", 0) + n
+                fc.pans_masked = fc.pans_masked + n
         # Messages already forwarded are kept masked at rest (flow files, mitmweb).
         for old in messages[-2:-1]:
             _mask_message_at_rest(self.masker, old)
@@ -416,20 +429,19 @@ def mask_response_body(masker: Masker, resp, secrets: tuple[bytes, ...] = ()) ->
 
 
 def mask_headers(masker: Masker, headers) -> int:
+    """Mask card numbers in every header value; returns how many."""
     count = 0
-    for name in list(headers.keys()):
-        values = headers.get_all(name)
-        out, n = [], 0
-        for v in values:
-            masked, k = masker.mask_text(v)
-            if "%" in masked:  # percent-encoded digits or separators (Location, Link, ...)
-                masked, k2 = masker.mask_url(masked)
-                k += k2
-            out.append(masked)
-            n += k
-        if n:
-            headers.set_all(name, out)
-            count += n
+
+    def mask(value: str) -> str:
+        nonlocal count
+        masked, k = masker.mask_text(value)
+        if "%" in masked:  # percent-encoded digits or separators (Location, Link, ...)
+            masked, k2 = masker.mask_url(masked)
+            k += k2
+        count += k
+        return masked if k else value
+
+    rewrite_headers(headers, mask)
     return count
 
 
@@ -449,13 +461,15 @@ def scrub_request(masker: Masker, flow) -> None:
     if n:
         req.path = path
     mask_headers(masker, req.headers)
-    if req.raw_content:
-        try:
-            body = req.get_content(strict=True)
-        except ValueError:
-            req.content = b""  # cannot read it, so cannot vouch for it: drop the kept copy
-            meta(flow)["request_body_dropped"] = True
-            return
+    if not req.raw_content:
+        return
+
+    def masked(body: bytes) -> bytes | None:
         out, k = mask_body(masker, body, req.headers.get("content-type", ""))
-        if k or out != body:
-            req.set_content(out)
+        return out if k or out != body else None
+
+    def dropped(_req) -> None:
+        req.content = b""  # cannot read it, so cannot vouch for it: drop the kept copy
+        FlowContext.of(flow).request_body_dropped = True
+
+    rewrite_body(req, masked, dropped)

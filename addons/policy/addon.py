@@ -12,14 +12,15 @@ from mitmproxy import ctx, exceptions
 
 from pangate.common import events
 from pangate.chain.failsafe import Component
-from pangate.common.periodic import Periodic, file_stamp
+from pangate.common.filewatch import WatchedFile
+from pangate.common.periodic import file_stamp
 from pangate.policy.model import Policy, load_policy
 from pangate.policy.errors import PolicyError
 
 log = logging.getLogger("pangate")
 
 
-class PolicyStore(Periodic, Component):
+class PolicyStore(WatchedFile, Component):
     """Loads `pangate_policy` and tells the other addons when it changes."""
 
     def __init__(self):
@@ -27,7 +28,6 @@ class PolicyStore(Periodic, Component):
         self.healthy = False
         self.problem = "no policy is loaded"
         self.problem_code = "policy_unavailable"
-        self._stamp = None
         self._listeners = []
 
     def load(self, loader):
@@ -62,24 +62,23 @@ class PolicyStore(Periodic, Component):
                 for fn in self._listeners:
                     fn(old)
             raise
-        self.policy, self._stamp = policy, stamp
+        self.policy, self.stamp = policy, stamp
         self.healthy, self.problem = True, ""
         events.emit("policy_loaded", path=path, digest=policy.digest,
                     previous=old.digest if old else None)
         log.info("pangate policy loaded from %s (sha256 %s)", path, policy.digest[:16])
 
-    async def tick(self):
-        path = ctx.options.pangate_policy
-        stamp = file_stamp(path)
-        if stamp == self._stamp:
-            return
+    def watched_path(self) -> str:
+        return ctx.options.pangate_policy
+
+    def changed(self, path: str, stamp) -> None:
         try:
             self._load(path)
         except (PolicyError, ValueError) as e:
-            self._stamp = stamp  # report a broken file once, not every poll
+            self.stamp = stamp  # report a broken file once, not every poll
             log.error("pangate policy NOT reloaded, the last good one stays in force: %s", e)
             events.emit("policy_rejected", alert=True, path=path, error=str(e))
         except Exception as e:  # a listener failed: keep the last good policy
-            self._stamp = stamp
+            self.stamp = stamp
             log.error("pangate policy NOT reloaded: %s: %s", type(e).__name__, e)
             events.emit("policy_rejected", alert=True, path=path, error=f"{type(e).__name__}: {e}")

@@ -25,7 +25,9 @@ from pangate.common import events
 from pangate.audit.addon import SECRET_PARAM
 from pangate.audit.keys import load_or_create_signing_key, sign_file
 from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
-from pangate.chain.failsafe import Component, meta, safe_traceback
+from pangate.chain.context import KEY, FlowContext
+from pangate.chain.failsafe import FLOW_HOOKS, Component, safe_traceback
+from pangate.chain.scrub import rewrite_body, rewrite_headers
 from pangate.pan.engine import Masker
 
 log = logging.getLogger("pangate")
@@ -56,11 +58,7 @@ class Scrubber:
         return self.masker.mask(value)[0]
 
     def headers(self, headers) -> None:
-        for name in list(headers.keys()):
-            if name.lower() in self.drop:
-                del headers[name]
-            else:
-                headers.set_all(name, [self.text(v) for v in headers.get_all(name)])
+        rewrite_headers(headers, self.text, drop=self.drop)
 
     def message(self, msg: http.Message, body_masked: bool = False) -> None:
         self.headers(msg.headers)
@@ -76,19 +74,15 @@ class Scrubber:
                     msg.content = out
             return
         if msg.raw_content:
-            try:
-                body = msg.get_content(strict=True)
-            except ValueError:
-                msg.headers.pop("content-encoding", None)
-                msg.content = WITHHELD
-                return
-            masked = self.data(body)
-            if masked != body:
-                msg.content = masked  # re-encoded per Content-Encoding, as the reader expects
+            def masked(body: bytes) -> bytes | None:
+                out = self.data(body)
+                return out if out != body else None  # re-encoded per Content-Encoding, as the reader expects
+
+            rewrite_body(msg, masked, _withhold)
 
     def flow(self, flow: http.HTTPFlow, copy: bool = True) -> http.HTTPFlow:
         f = flow.copy() if copy else flow
-        f.metadata = {"pangate": dict(meta(flow))}  # other addons' notes are not vetted: dropped
+        f.metadata = {KEY: dict(FlowContext.of(flow).data)}  # other addons' notes are not vetted: dropped
         req = f.request
         for name in list(req.query.keys()):
             if name.lower() in self.query_names or SECRET_PARAM.search(name):
@@ -97,7 +91,7 @@ class Scrubber:
         req.authority = self.text(req.authority)
         self.message(req)
         if f.response is not None:
-            self.message(f.response, body_masked=bool(meta(f).get("response_masked")))
+            self.message(f.response, body_masked=bool(FlowContext.of(f).response_masked))
             f.response.reason = self.text(f.response.reason)
         if f.websocket is not None:
             for m in f.websocket.messages:
@@ -107,6 +101,11 @@ class Scrubber:
         if f.comment:
             f.comment = self.text(f.comment)
         return f
+
+
+def _withhold(msg) -> None:
+    msg.headers.pop("content-encoding", None)
+    msg.content = WITHHELD
 
 
 class RecordingFiles:
@@ -248,6 +247,8 @@ class RecordingFiles:
 class Recorder(Component):
     """Saves a masked copy of every finished flow to pangate_recordings_dir."""
 
+    sees_refused = FLOW_HOOKS  # refused flows are recorded too
+
     problem_code = "recording_unavailable"
 
     def __init__(self, store, credentials=None):
@@ -318,10 +319,10 @@ class Recorder(Component):
         return scrubber
 
     def _save(self, flow) -> None:
-        m = meta(flow)
-        if self.files is None or m.get("recording_saved"):
+        fc = FlowContext.of(flow)
+        if self.files is None or fc.recording_saved:
             return
-        m["recording_saved"] = True
+        fc.recording_saved = True
         # Scrubbed on the writer thread: masking a copy must not stall the event loop.
         self.files.put((flow.copy(), self.scrubber()))
 

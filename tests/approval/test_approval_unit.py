@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy.test import taddons, tflow
 
 from pangate.common import events
-from pangate.approval.addon import Approval, request_digest
+from pangate.approval.addon import ApprovalHold, request_digest
 from pangate.approval.model import UI_APPROVER, Ledger, VoteRefused, eligible, rule_for
 from pangate.control.calls import CallRefused, CallVerifier, approver_keys, load_public_key, parse_listen, sign_call
 from pangate.policy.decide import Request
@@ -222,7 +222,7 @@ class _Store:
 
 def test_revocation_answers_a_held_flow(policy):
     """An identity revoked while its request waits: the hold ends with a 403 at once."""
-    approval = Approval(_Store(policy))
+    approval = ApprovalHold(_Store(policy))
     seen = []
     events.subscribe(seen.append)
 

@@ -6,6 +6,7 @@ import shutil
 
 from mitmproxy.test import tflow
 
+from pangate.chain.datapath import DataPath
 from pangate.chain.failsafe import Component
 
 from harness import ROOT
@@ -24,7 +25,7 @@ class Exploding(Component):
 
 def test_hook_exception_refuses_the_flow_and_masks_the_log(caplog):
     f = tflow.tflow()
-    Exploding().request(f)
+    DataPath([Exploding()]).request(f)
     assert f.response.status_code == 502
     assert b"internal_error" in f.response.content
     assert f.metadata["pangate"]["failed_hook"] == "Exploding.request"
@@ -34,7 +35,7 @@ def test_hook_exception_refuses_the_flow_and_masks_the_log(caplog):
 def test_responseheaders_failure_drops_the_upstream_body():
     f = tflow.tflow(resp=True)
     f.response.timestamp_end = None  # headers arrived, body not yet
-    Exploding().responseheaders(f)
+    DataPath([Exploding()]).responseheaders(f)
     assert f.response.status_code == 502
     refusal = f.response.content
     assert f.response.stream(b"card 4111111111111111") == b""
@@ -44,7 +45,7 @@ def test_responseheaders_failure_drops_the_upstream_body():
 def test_message_hook_failure_kills_the_flow():
     f = tflow.twebsocketflow()
     f.live = True
-    Exploding().websocket_message(f)
+    DataPath([Exploding()]).websocket_message(f)
     assert f.error is not None and f.error.msg == "Connection killed."
     assert "error" in f.metadata["pangate"]
 

@@ -17,7 +17,7 @@ from pangate.cli import main as cli  # noqa: E402
 from pangate.common import events
 from pangate.credentials.addon import read_client_cert
 from pangate.policy.decide import address_refusal, destinations_for
-from pangate.identity.addon import Caller, Identity, Throttle
+from pangate.identity.addon import Caller, Identify, Throttle
 from pangate.dev.pki import make_ca, make_leaf
 from pangate.policy.model import Credential, parse_policy
 from pangate.authorize.addon import AddressGuard
@@ -258,7 +258,7 @@ def test_identity_keeps_its_verifier_while_issuers_are_unchanged(tmp_path):
     text = (f"version: 1\nissuers:\n  pg: {{type: pangate, public_key_file: {key}.pub}}\n"
             "identities:\n  svc: {issuer: pg, roles: [r]}\nroles:\n  r: {}\n")
     store = types.SimpleNamespace(subscribe=lambda fn: None)
-    ident = Identity(store)
+    ident = Identify(store)
     ident._policy_changed(parse_policy(text, str(tmp_path / "p.yaml")))
     first = ident.verifier
     ident._policy_changed(parse_policy(text + "  other: {}\n", str(tmp_path / "p.yaml")))
