@@ -1,6 +1,6 @@
 """One way to rewrite what a message carries: every header value, and the decoded body.
 
-Masking, approval holds, recordings and credential redaction each scrub
+Response masking, approval holds, recordings and credential redaction each scrub
 messages with their own rule (mask card numbers, star a secret, drop a
 header); the walk over headers and body, and what happens to a body that
 cannot be decoded, is here once.

@@ -152,7 +152,7 @@ class Credentials(Component):
 
     def responseheaders(self, flow):
         """Headers echoing the credential, redacted before anything of the response leaves
-        (a streamed body sends them right after this hook); Masking redacts the body."""
+        (a streamed body sends them right after this hook); ResponseMasking redacts the body."""
         secret = self.secret_sent(flow)
         if secret is not None and flow.response is not None:
             self._redact_headers(flow.response.headers, secret.forms)

@@ -64,7 +64,7 @@ class Scrubber:
         self.headers(msg.headers)
         if msg.trailers:
             self.headers(msg.trailers)
-        if body_masked:  # Masking already masked this body in the flow: not scanned twice
+        if body_masked:  # ResponseMasking already masked this body in the flow: not scanned twice
             if self.secrets and msg.raw_content:
                 body = msg.get_content(strict=False) or b""
                 out = body
