@@ -30,9 +30,9 @@ can never be read as a new PAN; masking is idempotent by construction. The
 price is that a PAN directly wrapped in asterisks (markdown ``**4111...**``)
 is not detected.
 
-A finding is (start, end, mask_start, mask_end, kind, info): kind "p" is a
-PAN window (info = (brand, digits)), "z" a span to be fully starred (SAD
-value, track data; see pansad.py).
+A finding is (start, end, mask_start, mask_end, kind, info) with kind from
+kinds.py: PAN (info = (brand, digits)), or a SAD kind whose span
+mask_start:mask_end is fully starred (SAD value, track data; see sad.py).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from bisect import bisect_left
 from itertools import accumulate
 
 from pangate.pan.iin import LENGTHS_BY_PREFIX2 as _LEN2, lookup as _lookup
+from pangate.pan.kinds import PAN, TRACK2
 from pangate.pan.sad import GLUE, MAXKEY, SIG, TRACK2_EQ, TRACK_LEAD, scan_sad, track_at
 
 _HEXGLUE = frozenset(b"0123456789ABCDEFabcdef*")
@@ -98,6 +99,14 @@ _RUN = re.compile(
     rb"|(?P<t>[0-9]++)[ -]*+(?![0-9 -])"
     rb"|(?!(?:[ -]*+[0-9]){12})[0-9 -]*+"
     rb"|(?P<s>[0-9][0-9 -]*+))").match
+
+# The widest gap of separator characters between two digit groups of one
+# window, and the most bytes a PAN finding's rules read from its start before
+# it is known to exist: 19 digits, 18 gaps, the 2 bytes the boundary rule
+# reads after it; the track-2 equivalent (PAN "=" 7 digits, not a digit).
+# Track data is bounded in sad.MAX_READ.
+MAX_GAP = 1
+MAX_READ = max(19 + 18 * MAX_GAP + 2, 19 + 1 + 8)
 
 _SHAPE = bytes.maketrans(b"0123456789-", b"0000000000 ")
 _BRANDS: dict = {}  # (first 8 digits, length) -> brand | None; BINs repeat
@@ -213,9 +222,10 @@ def _run_general(buf: bytes, i: int) -> _Run:
 class Scanner:
     """Finds PAN windows (and, with sad=True, SAD/track spans) in a buffer."""
 
-    def __init__(self, bin6: bool, sad: bool, fast: bool = True):
+    def __init__(self, bin6: bool, sad: bool, fast: bool = True, strict_brand: bool = False):
         self.bin6 = bin6  # mask keeps the first 6 digits
         self.sad = sad
+        self.strict_brand = strict_brand
         # fast=False classifies runs with plain Python (_run_general) instead
         # of the _RUN regex: the reference the tests compare the fast path to.
         self.fast = fast
@@ -326,8 +336,8 @@ class Scanner:
             if self.sad and e < len(buf) and buf[e] == 61:  # "=": track-2 equivalent
                 m = TRACK2_EQ.match(buf, e)
                 if m:
-                    finds.append((s, m.end(), s, m.end(), "z", (b + " track2", None)))
+                    finds.append((s, m.end(), s, m.end(), TRACK2, (b + " track2", None)))
                     return
-            finds.append((s, e, s + 6 if self.bin6 else s, e - 4, "p", (b, digits)))
+            finds.append((s, e, s + 6 if self.bin6 else s, e - 4, PAN, (b, digits)))
         else:  # separated: mask offsets come from the layout
-            finds.append((s, e, first6 if self.bin6 else s, last4, "p", (b, digits)))
+            finds.append((s, e, first6 if self.bin6 else s, last4, PAN, (b, digits)))
