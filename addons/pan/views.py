@@ -20,7 +20,7 @@ Views (names as reported in ViewScan.views):
     ASCII; a byte the charset cannot decode (the client sees U+FFFD) ->
     space; anything else -> 0x80, a neutral byte. The separator rules
     themselves are the engine's (scan.py), the same for every view;
-  * ``...+esc``: the same text with escapes decoded, JSON (``\\uXXXX``, pairs,
+  * ``...+json``, ``+html``, ``+pct``: the same text with escapes decoded, JSON (``\\uXXXX``, pairs,
     ``\\t \\n \\/ ...``), HTML/XML character references (``&#52;``,
     ``&#x34;``, ``&nbsp;`` and the HTML5 names), percent-encoding (``%34``,
     UTF-8 sequences like ``%EF%BC%94``, ``+`` between digits), repeated up to
@@ -39,7 +39,7 @@ precise code (UndecodableBody.code, ViewScan.undecodable), when its declared
 charset is unknown (``unknown_charset``) or stateful (``stateful_charset``:
 UTF-7, ISO-2022, HZ, whose byte spans cannot be mapped), when a charset it
 declares (Content-Type or BOM) does not round-trip (``charset_roundtrip``),
-when escapes are nested deeper than MAX_DEPTH and still hide digits
+when escapes are nested deeper than MAX_DEPTH rounds and still decode
 (``escape_depth``), or when two views would rewrite overlapping bytes
 differently (``conflicting_views``). mask_views and contains_pan_views raise
 UndecodableBody (a ValueError) then, so a caller refuses the body instead of
@@ -153,14 +153,18 @@ def _nul_pattern(data: bytes) -> str | None:
         return None
     z = [sample[k:n:4].count(0) for k in range(4)]
     q = n // 4
-    if z[3] >= 0.95 * q and z[2] >= 0.8 * q and z[0] < 0.5 * q:
+    # UTF-32: every code point is < 0x110000, so one byte of four is always
+    # 0 and the next at most 0x10; text rarely has a NUL in the low byte.
+    if z[3] == q and max(sample[2:n:4]) <= 0x10 and z[0] < 0.5 * q:
         return "utf-32-le"
-    if z[0] >= 0.95 * q and z[1] >= 0.8 * q and z[3] < 0.5 * q:
+    if z[0] == q and max(sample[1:n:4]) <= 0x10 and z[3] < 0.5 * q:
         return "utf-32-be"
+    # UTF-16: ASCII and Latin-1 have their NUL in the high byte; CJK text and
+    # U+3000 may put some in the low byte, so the majority decides.
     even, odd = z[0] + z[2], z[1] + z[3]
-    if odd >= 4 and even * 4 <= odd:
+    if odd >= 2 and odd > even:
         return "utf-16-le"
-    if even >= 4 and odd * 4 <= even:
+    if even >= 2 and even > odd:
         return "utf-16-be"
     return None
 
@@ -247,7 +251,7 @@ _ESC = re.compile(
     r"|&([A-Za-z][A-Za-z0-9]{1,31};?)"                                    # 10: named reference
     r"|((?:%[c-fC-F][0-9a-fA-F])(?:%[89abAB][0-9a-fA-F]){1,3})"           # 11: %-encoded UTF-8
     r"|%([0-9a-fA-F]{2})"                                                 # 12: %XX
-    r"|(?<=[0-9+\-])(\+)(?=[0-9+\-%\s])")                                # 13: "+" in a number
+    r"|(?<=[0-9A-Fa-f;+\-])(\+)(?=[0-9+\-%&\\\s])")                                # 13: "+" in a number
 _FORM_PLUS = re.compile(r"\+")  # a form body: every "+" is a space
 _SHORT = {"t": "\t", "n": "\n", "r": "\r", "b": "\b", "f": "\f", "/": "/", "\\": "\\", '"': '"'}
 _NAMED = html.entities.html5
@@ -257,19 +261,21 @@ _NAMED = html.entities.html5
 _NEED_BS = r"\\(?:u[0-9a-fA-F]{4}|[tnrbf/][0-9]|(?<=[0-9]\\)[tnrbf/])"
 _NEED_AMP = r"&(?:#|[A-Za-z][A-Za-z0-9]{1,31};|nbsp|shy)"
 _NEED_PCT = r"%[0-9a-fA-F]{2}"
-_NEED_PLUS = r"\+(?<=[0-9+\-]\+)[0-9+\-%\s]"
+_NEED_PLUS = r"\+(?<=[0-9A-Fa-f;+\-]\+)[0-9+\-%&\\\s]"
 _NEED_B = tuple((c.encode(), re.compile(p.encode()).search)
                 for c, p in (("\\", _NEED_BS), ("&", _NEED_AMP), ("%", _NEED_PCT), ("+", _NEED_PLUS)))
 _NEED_S = re.compile("|".join((_NEED_BS, _NEED_AMP, _NEED_PCT, _NEED_PLUS)))
+# One decoding pass per syntax, outermost first within a round: a JSON API
+# carries URLs and HTML, HTML carries URLs. Each pass decodes only its own
+# escapes, so a sequence split across syntaxes (a %-encoded UTF-8 character
+# whose "%"s are JSON-escaped) is decoded whole once the outer one is gone.
+_SYNTAXES = (("json", frozenset((2, 3, 4)), re.compile(_NEED_BS).search),
+             ("html", frozenset((5, 6, 7, 8, 9, 10)), re.compile(_NEED_AMP).search),
+             ("pct", frozenset((11, 12, 13)), re.compile(_NEED_PCT + "|" + _NEED_PLUS).search))
 
 
 def _escapes_in(data: bytes) -> bool:
     return any(c in data and search(data) for c, search in _NEED_B)
-
-
-# A digit still hidden after MAX_DEPTH passes.
-_DIGIT_ESC = re.compile(r"\\u(?:00)?3[0-9]|&#(?:0*4[89]|0*5[0-7]);?|&#[xX]0*3[0-9];?|%3[0-9]"
-                        r"|\\u[fF][fF]1[0-9]|&#(?:6529[6-9]|6530[0-5]);?|&#[xX][fF][fF]1[0-9];?")
 
 
 def _same_width(orig: str, c: str) -> str:
@@ -319,7 +325,9 @@ def _decode(m):
             return None
         return (v, "pct_utf8") if len(v) == 1 else None
     if g == 12:
-        return chr(int(m.group(12), 16)), "pct"
+        v = int(m.group(12), 16)
+        # A lone byte >= 0x80 is not UTF-8: a server reads U+FFFD (a separator).
+        return (chr(v), "pct") if v < 0x80 else ("\ufffd", "plain")
     if g == 13:
         return " ", "plain"
     return None
@@ -349,20 +357,20 @@ def _render_escape(form: str, src: str, c: str) -> str:
 class _Esc:
     """One escape-decoding pass over a parent layer."""
 
-    def __init__(self, parent, text: str, idx: list, src: list, shift: list):
+    def __init__(self, parent, text: str, idx: list, src: list, shift: list, syntax: str):
         self.parent, self.text, self.idx, self.src, self.shift = parent, text, idx, src, shift
         self.depth = parent.depth + 1
-        self.root = parent.root if isinstance(parent, _Esc) else parent
-        self.name = parent.name + "+esc"
+        self.name = parent.name + "+" + syntax
 
     @classmethod
-    def over(cls, parent, form: bool = False):
+    def over(cls, parent, syntax: str, groups: frozenset, form: bool = False):
+        """The parent's text with this syntax's escapes decoded, or None if it has none."""
         text = parent.text
         out, idx, src, shift = [], [], [], []
         last, n, extra = 0, 0, 0
-        matches = _ESC.finditer(text)
-        if form and "+" in text:  # merge the form's "+"s in, in order
-            matches = sorted([*matches, *(m for m in _FORM_PLUS.finditer(text))], key=lambda m: m.start())
+        matches = (m for m in _ESC.finditer(text) if m.lastindex in groups)
+        if form and syntax == "pct" and "+" in text:  # a form body: merge its "+"s in, in order
+            matches = sorted([*matches, *_FORM_PLUS.finditer(text)], key=lambda m: m.start())
         for m in matches:
             dec = _decode_escape(m) if m.re is _ESC else (" ", "plain", m.end())
             if dec is None or m.start() < last:
@@ -380,7 +388,7 @@ class _Esc:
         if not idx:
             return None
         out.append(text[last:])
-        return cls(parent, "".join(out), idx, src, shift)
+        return cls(parent, "".join(out), idx, src, shift, syntax)
 
     def chars(self, i: int):
         """Parent unit range [a, b) of unit i."""
@@ -468,7 +476,9 @@ def _text_layers(data: bytes, content_type: str):
                 add(codec, base, f"charset {declared}", True)
     if bom_codec and bom_codec not in seen:
         add(bom_codec, bom_len, f"its byte order mark ({bom_codec})", True)
-    sniffed = _nul_pattern(data) if not bom_codec else None
+    # Media that no workload reads as text are not sniffed for UTF-16/32.
+    binary = (content_type or "").lower().lstrip().startswith(("image/", "audio/", "video/", "font/"))
+    sniffed = _nul_pattern(data) if not bom_codec and not binary else None
     if sniffed and sniffed not in seen:
         add(sniffed, 0, sniffed, False)
     if not data.isascii() and not bom_codec and not sniffed:
@@ -500,16 +510,18 @@ def _views(data: bytes, content_type: str):
         if not (_NEED_S.search(layer.text) or (form and "+" in layer.text)):
             continue
         for _ in range(MAX_DEPTH):
-            nxt = _Esc.over(layer, form)
-            if nxt is None:
+            changed = False
+            for syntax, groups, need in _SYNTAXES:
+                if need(layer.text) or (form and syntax == "pct" and "+" in layer.text):
+                    nxt = _Esc.over(layer, syntax, groups, form)
+                    if nxt is not None:
+                        layer, changed = nxt, True
+                        views.append((layer.name, _fold(layer.text), layer))
+            if not changed:
                 break
-            layer = nxt
-            views.append((layer.name, _fold(layer.text), layer))
-            if not _NEED_S.search(layer.text):
-                break
-        else:
-            if _DIGIT_ESC.search(layer.text) and code is None:
-                code, detail = ESCAPE_DEPTH, f"escapes nested deeper than {MAX_DEPTH} levels hide digits"
+        else:  # every round decoded something: is there still more?
+            if _NEED_S.search(layer.text) and code is None:
+                code, detail = ESCAPE_DEPTH, f"escapes nested deeper than {MAX_DEPTH} levels"
     return views, code, detail
 
 
