@@ -80,3 +80,72 @@ def test_a_finding_longer_than_the_lookahead_is_decided_whole():
     for cut in range(400, len(doc) - 400):
         sm = m.stream()
         assert (sm.feed(doc[:cut]) + sm.feed(doc[cut:]) + sm.flush(), sm.count) == want, cut
+
+
+# ---- separators (scan.py) ---------------------------------------------------------------------
+@pytest.mark.parametrize("doc,want", [
+    (b"4111.1111.1111.1111", b"4111.11**.****.1111"),
+    (b"4111_1111_1111_1111", b"4111_11**_****_1111"),
+    (b"4111/1111/1111/1111", b"4111/11**/****/1111"),
+    (b"4111\t1111\t1111\t1111", b"4111\t11**\t****\t1111"),
+    (b"4111\n1111\n1111\n1111", b"4111\n11**\n****\n1111"),
+    (b"4111\r\n1111\r\n1111\r\n1111", b"4111\r\n11**\r\n****\r\n1111"),
+    (b"4111  1111  1111  1111", b"4111  11**  ****  1111"),
+    (b"4111 - 1111 - 1111 - 1111", b"4111 - 11** - **** - 1111"),
+    (b"3782.822463.10005", b"3782.82****.*0005"),
+])
+def test_separators(doc, want):
+    assert Masker().mask(doc) == (want, 1)
+
+
+@pytest.mark.parametrize("doc", [
+    b"4111    1111 1111 1111",         # a gap of 4 splits the run
+    b"amount 4234567.890123 x",        # one dot: a decimal number
+    b"4111.1111 1111.1111",            # dots mixed with other gaps
+    b"41.111.111.111 52.222.222.222",  # IP addresses
+    b"4234567\n890123",                # two numbers on two lines
+])
+def test_separator_rules_keep_numbers_out(doc):
+    assert Masker().mask(doc) == (doc, 0)
+
+
+# ---- IIN table and unknown brands (iin.py) ------------------------------------------------------
+def _pan(prefix, n):
+    from pan_corpus import make_pan
+    return make_pan(prefix, n).encode()
+
+
+@pytest.mark.parametrize("prefix,n,brand", [
+    ("6703", 17, "bancontact"), ("6771", 16, "maestro"), ("3088", 16, "jcb"), ("3102", 19, "jcb"),
+    ("3115", 16, "jcb"), ("3158", 16, "jcb"), ("3340", 16, "jcb"), ("3130", 19, "tunion"),
+    ("606282", 16, "hipercard"), ("9891", 16, "dinacard"),
+])
+def test_ranges_in_live_use(prefix, n, brand):
+    from pangate.pan.engine import brand_of
+    pan = _pan(prefix, n)
+    assert brand_of(pan) == brand
+    assert [f[4] for f in Scanner(True, True).scan(pan, 0, len(pan))] == [kinds.PAN]
+
+
+@pytest.mark.parametrize("prefix,n", [("2900", 16), ("4999", 14), ("5999", 16), ("6900", 13), ("3300", 18),
+                                      ("2123", 17), ("2199", 19)])
+def test_unknown_brand_is_masked_unless_strict(prefix, n):
+    pan = _pan(prefix, n)
+    finds = Scanner(True, True).scan(pan, 0, len(pan))
+    assert [(f[4], f[5][0]) for f in finds] == [(kinds.PAN_UNKNOWN_BRAND, "unknown")]
+    assert Masker().mask(pan)[1] == 1 and Masker(strict_brand=True).mask(pan) == (pan, 0)
+    assert engine.find_pans(pan)[0].brand == "unknown" and engine.contains_pan(pan)
+
+
+@pytest.mark.parametrize("prefix,n", [
+    ("1732", 13), ("1732", 16), ("7000", 16), ("8800", 16), ("9000", 16), ("0400", 16),  # not a payment MII
+    ("3569", 15), ("4900", 15), ("8612", 15),      # 15 digits: IMEIs
+    ("4000", 12), ("5000000", 20),                  # no scheme issues these lengths as unknown
+    ("20241128", 16), ("20241128", 14), ("21011231", 18),  # 20/21 + YYMMDD: dates, date-stamped ids
+])
+def test_unknown_brand_rule_leaves_non_payment_numbers(prefix, n):
+    pan = _pan(prefix, n)
+    from pangate.pan.engine import brand_of, luhn_ok
+    assert luhn_ok(pan)
+    if brand_of(pan) is None:
+        assert Masker().mask(pan) == (pan, 0), pan
