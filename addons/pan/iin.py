@@ -96,9 +96,12 @@ IIN_TABLE: list[tuple[str, str, str, tuple[int, ...]]] = [
     ("maestro",        "676774",  "676774",  tuple(R(12, 20))),
     # Bancontact (Belgium, Maestro co-badged) 6703, and the rest of 67xx in
     # live use by Maestro and its predecessors (Laser 6706/6709/6771, Solo
-    # 6767): the whole 6700-6799 block. Solo/Switch 6333-6334, 633110.
-    ("bancontact",     "6703",    "6703",    tuple(R(12, 20))),
-    ("maestro",        "67",      "67",      tuple(R(12, 20))),
+    # 6767): the whole 6700-6799 block, at the 16-19 digits these issue (the
+    # rows above keep Maestro's 12-15 for the ranges known to use them: a
+    # 12-digit id starting 67 is far likelier than such a card). Solo/Switch
+    # 6333-6334, 633110.
+    ("bancontact",     "6703",    "6703",    tuple(R(16, 20))),
+    ("maestro",        "67",      "67",      tuple(R(16, 20))),
     ("maestro",        "6333",    "6334",    (16, 18, 19)),
     ("maestro",        "633110",  "633110",  (16, 18, 19)),
     ("mir",            "2200",    "2204",    tuple(R(16, 20))),
