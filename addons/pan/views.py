@@ -241,7 +241,6 @@ class _Base:
         return s.encode(self.codec or "latin-1", self.err)
 
 
-_HEX = "0123456789abcdefABCDEF"
 _ESC = re.compile(
     r"\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"   # 1, 2: JSON surrogate pair
     r"|\\u([0-9a-fA-F]{4})"                                              # 3: JSON \uXXXX
