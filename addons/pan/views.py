@@ -556,7 +556,7 @@ def contains_pan_views(data: bytes, content_type: str = "") -> bool:
     when none is found but the body could not be read with confidence."""
     data = bytes(data)
     views, code, detail = _views(data, content_type)
-    for name, vb, layer in views:
+    for _name, vb, _layer in views:
         if any(f[4] in PAN_KINDS for f in _PLAIN._scan(vb, 0, len(vb))):
             return True
     if code:
@@ -575,7 +575,7 @@ def mask_views(data: bytes, content_type: str, masker: Masker) -> tuple[bytes, i
         return masker.mask(data)
     edits: list = []
     counted: list = []
-    for name, vb, layer in views:
+    for _name, vb, layer in views:
         finds = masker._scan(vb, 0, len(vb))
         if not finds:
             continue

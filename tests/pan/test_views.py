@@ -204,7 +204,7 @@ class TestPansInEveryRepresentation:
         assert pan not in flat(after) and flat(after).count("*") >= len(pan) - 10
         # only digits changed, each into one mask character
         assert len(after) == len(before)
-        for a, b in zip(before, after):
+        for a, b in zip(before, after, strict=True):
             assert a == b or (unicodedata.decimal(a, None) is not None and b in "*\uff0a"), (before, after)
 
     @SETTINGS
