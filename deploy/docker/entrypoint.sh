@@ -15,7 +15,7 @@ set -euo pipefail
 ETC="${PANGATE_ETC:-/etc/pangate}"
 VAR="${PANGATE_VAR:-/var/lib/pangate}"
 # One audit chain per instance: replicas never append to each other's files.
-INSTANCE="${PANGATE_INSTANCE:-$(hostname)}"
+INSTANCE="${PANGATE_INSTANCE:-${HOSTNAME:-gateway}}"  # bash sets HOSTNAME
 PY="${PANGATE_PYTHON:-python}"
 
 say() { echo "pangate-entrypoint: $*" >&2; }
