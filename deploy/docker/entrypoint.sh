@@ -16,6 +16,7 @@ ETC="${PANGATE_ETC:-/etc/pangate}"
 VAR="${PANGATE_VAR:-/var/lib/pangate}"
 # One audit chain per instance: replicas never append to each other's files.
 INSTANCE="${PANGATE_INSTANCE:-${HOSTNAME:-gateway}}"  # bash sets HOSTNAME
+POLICY="${PANGATE_POLICY:-$ETC/policies.yaml}"  # Kubernetes: a ConfigMap directory, so edits reach it
 PY="${PANGATE_PYTHON:-python}"
 
 say() { echo "pangate-entrypoint: $*" >&2; }
@@ -24,12 +25,12 @@ gateway() {
   local script args=()
   script="$("$PY" -c 'import os, pangate; print(os.path.join(os.path.dirname(pangate.__file__), "gateway.py"))')"
   [ -f "$ETC/certs/mitmproxy-ca.pem" ] || { say "no CA in $ETC/certs (mount it, or run 'init' once)"; exit 78; }
-  [ -f "$ETC/policies.yaml" ] || { say "no policy at $ETC/policies.yaml"; exit 78; }
+  [ -f "$POLICY" ] || { say "no policy at $POLICY"; exit 78; }
   mkdir -p "$VAR/audit/$INSTANCE" "$VAR/recordings/$INSTANCE"
   args+=(--listen-host "${PANGATE_LISTEN_HOST:-0.0.0.0}" --listen-port "${PANGATE_LISTEN_PORT:-8080}"
          --set "confdir=$ETC/certs"
          --set "block_list=|~all|503"  # armed: refuse everything until the chain says it is live
-         --set "pangate_policy=$ETC/policies.yaml"
+         --set "pangate_policy=$POLICY"
          --set "pangate_revocations=$VAR/revocations.json"
          --set "pangate_audit_dir=$VAR/audit/$INSTANCE"
          --set "pangate_audit_key=$ETC/keys/audit-signing.key"
