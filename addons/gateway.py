@@ -12,6 +12,7 @@ from pangate.authorize.addon import Authorize
 from pangate.control.addon import Control
 from pangate.credentials.addon import Credentials
 from pangate.dlp.addon import Dlp
+from pangate.exchange.addon import Exchange
 from pangate.export.addon import Export
 from pangate.chain.guard import chain
 from pangate.identity.addon import Identity
@@ -31,6 +32,7 @@ addons = chain(
     store,
     revocations,
     Identity(store, revocations),
+    Exchange(store, revocations),  # off unless pangate_exchange_listen: SAML/OIDC in, pangate token out
     Authorize(store),
     AddressGuard(store),  # resolves only allowed destinations, pins the checked address
     Dlp(store),  # needs the decided destination; before any credential is added
