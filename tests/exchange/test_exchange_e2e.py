@@ -23,6 +23,7 @@ from saml_idp import (SHA1, SamlIdp, assertion_from_response, b64url, comment_in
 import leakscan
 from conftest import json_body, raw_connect
 from harness import VENV_BIN
+from jwks_issuer import JwksIssuer
 
 SP = "https://pangate.example.test/sp"
 EXCHANGE_URL = "https://pangate.example.test/exchange"
@@ -48,7 +49,18 @@ issuers:
     mapping:
       subject: nameid
       claims: {{department: department}}
+  ci:
+    type: oidc
+    issuer: {oidc_issuer}
+    discovery_url: {oidc_discovery}
+    ca_file: {oidc_ca}
+    audience: pangate
+    leeway: 1s
 identities:
+  deploy-job:
+    issuer: ci
+    claims: {{repository: acme/payments, ref: refs/heads/main}}
+    roles: [reader]
   svc-payments:
     issuer: corp
     subject: svc-payments@corp.example.test
@@ -83,14 +95,21 @@ def rogue(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def oidc():
+    with JwksIssuer(algs=("RS256",)) as issuer:
+        yield issuer
+
+
+@pytest.fixture(scope="module")
 def revocations(tmp_path_factory):
     return str(tmp_path_factory.mktemp("saml-revocations") / "revocations.json")
 
 
 @pytest.fixture(scope="module")
-def gw(start_gateway, idp, rogue, upstream, token_key, revocations):
+def gw(start_gateway, idp, rogue, oidc, upstream, token_key, revocations):
     policy = POLICY.format(pubkey=token_key + ".pub", entity=idp.entity_id, metadata=idp.metadata_path, sp=SP,
-                           recipient=EXCHANGE_URL, port=upstream.port)
+                           recipient=EXCHANGE_URL, port=upstream.port, oidc_issuer=oidc.issuer,
+                           oidc_discovery=oidc.discovery_url, oidc_ca=oidc.ca_file)
     gw = start_gateway(policy=policy, options={
         "pangate_exchange_listen": "127.0.0.1:0", "pangate_token_signing_key": token_key,
         "pangate_revocations": revocations, "pangate_auth_free_failures": 1000})
@@ -191,6 +210,26 @@ def test_rfc8693_form_with_a_saml2_subject_token(gw, idp, upstream):
                       "subject_token_type": "urn:ietf:params:oauth:token-type:saml2"})
     assert r.status_code == 200, r.text
     assert gw.session("svc-payments", r.json()["access_token"]).get(url(upstream)).status_code == 200
+
+
+def test_oidc_token_exchange(gw, oidc, upstream):
+    """RFC 8693 with a CI job's OIDC token: the pangate token keeps the claims the identity is pinned by."""
+    token = oidc.mint(sub="repo:acme/payments:ref:refs/heads/main", repository="acme/payments",
+                      ref="refs/heads/main", ttl=60)
+    gw.presented.append(token)
+    r = exchange(gw, {"grant_type": TOKEN_EXCHANGE, "subject_token": token,
+                      "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"})
+    assert r.status_code == 200, r.text
+    assert r.json()["identity"] == "deploy-job" and r.json()["expires_in"] <= 60  # the OIDC token's own exp
+    res = gw.session("deploy-job", r.json()["access_token"]).get(url(upstream))
+    assert res.status_code == 200, res.text
+    rec = wait_exchange_record(gw, outcome="granted", identity="deploy-job")
+    assert rec["grant_type"] == "token-exchange" and rec["credential"] == "jwt" and rec["issuer"] == "ci"
+    other = oidc.mint(sub="repo:acme/payments:ref:refs/heads/feature", repository="acme/payments",
+                      ref="refs/heads/feature")
+    r = exchange(gw, {"grant_type": TOKEN_EXCHANGE, "subject_token": other,
+                      "subject_token_type": "urn:ietf:params:oauth:token-type:jwt"})
+    assert r.status_code == 400 and r.json()["code"] == "unknown_identity", r.text
 
 
 def test_token_never_outlives_the_assertion_and_expires(gw, idp, upstream):

@@ -360,3 +360,43 @@ def test_policy_saml_keys_only_on_saml_issuers_and_recipient_required():
     with pytest.raises(PolicyError, match="only fetched over https"):
         parse_policy("version: 1\nissuers:\n  s:\n    type: saml\n    issuer: https://i\n"
                      "    metadata_url: http://idp/md\n    audience: https://sp\n    recipient: https://r\n", "p.yaml")
+
+
+def test_metadata_fetched_over_verified_https(idp, pki):
+    """The real fetcher: TLS verified against the given CA, http refused, size capped."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    body = idp.metadata_xml.encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = body if self.path == "/metadata" else b"x" * (saml.MAX_METADATA_BYTES + 10)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(pki.cert, pki.key)
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"https://localhost:{server.server_address[1]}"
+        assert saml.fetch_metadata(base + "/metadata", ca_file=pki.ca_cert) == body
+        with pytest.raises(saml.MetadataError, match="too large"):
+            saml.fetch_metadata(base + "/huge", ca_file=pki.ca_cert)
+        with pytest.raises(saml.MetadataError, match="fetch failed"):
+            saml.fetch_metadata(base + "/metadata")  # not signed by a CA the system trusts
+        with pytest.raises(saml.MetadataError, match="plain http"):
+            saml.fetch_metadata(f"http://localhost:{server.server_address[1]}/metadata")
+        c = cfg(idp, metadata_file=None, metadata_url=base + "/metadata", ca_file=pki.ca_cert)
+        v = TokenVerifier([c], replay=MemoryReplayCache())
+        assert asyncio.run(v.averify_assertion(make(idp))).subject
+    finally:
+        server.shutdown()
