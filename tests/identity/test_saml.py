@@ -400,3 +400,12 @@ def test_metadata_fetched_over_verified_https(idp, pki):
         assert asyncio.run(v.averify_assertion(make(idp))).subject
     finally:
         server.shutdown()
+
+
+def test_oversized_and_odd_signatures_fail_closed(idp):
+    v = verifier(idp)
+    big = make(idp).replace(b"</ns0:Issuer>", b"</ns0:Issuer>" + b" " * (saml.MAX_ASSERTION_BYTES + 1), 1)
+    assert reason(v, big) == "malformed"
+    # A signature that breaks the XML-DSig schema is a refusal, not a crash.
+    odd = make(idp).replace(b"<ns1:SignatureValue>", b"<ns1:SignatureValue><ns1:Bogus/>", 1)
+    assert reason(v, odd) == "bad_signature"
