@@ -137,7 +137,7 @@ class Audit(Component):
                 "pangate_audit_rotate_mb"} & set(updated):
             try:
                 os.makedirs(opts.pangate_audit_dir, exist_ok=True)
-                key = load_or_create_signing_key(opts.pangate_audit_key)
+                key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
                 if self.writer:  # one writer per directory at a time: the old one seals its file first
                     self.writer.close()
                     self.writer = None
