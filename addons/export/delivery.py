@@ -126,11 +126,17 @@ class Exporter:
     # -- the loop ---------------------------------------------------------------------
 
     def _run(self) -> None:
-        backoff, down_since, idle_since = 0.2, None, None
+        backoff, down_since, idle_since, trail_down = 0.2, None, None, False
         while not self._stop.is_set():
             try:
                 self._send_alerts()
-                batch = self._next_batch()
+                try:
+                    batch = self._next_batch()
+                    trail_down = False
+                except OSError as e:  # the trail itself is unreadable (an audit outage): alerts still go
+                    if not trail_down:
+                        log.warning("pangate export to %s: cannot read the audit trail (%s)", self.name, e)
+                    trail_down, batch = True, []
                 if batch:
                     idle_since = None
                     self.transport.send([line for _, line, _ in batch])
