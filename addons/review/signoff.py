@@ -62,6 +62,12 @@ def create(audit_dir: str, reviewer: str, private_key, period: dict, policy_dige
     return path
 
 
+def signed_review(path: str) -> str:
+    """Where the review a sign-off signed is kept: review-<time>-<reviewer>.json beside it."""
+    d, name = os.path.split(path)
+    return os.path.join(d, "review-" + name.removeprefix("signoff-"))
+
+
 def files(audit_dir: str) -> list[str]:
     d = directory(audit_dir)
     try:
