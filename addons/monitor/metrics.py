@@ -34,7 +34,7 @@ class Labels:
     def __init__(self, cap: int = LABEL_CAP):
         self.cap = cap
         self.known: dict[str, set[str]] = {"identity": set(), "destination": set(), "rule": set()}
-        self.used: dict[str, set[str]] = {k: set() for k in self.known}
+        self.used: dict[str, dict[str, str]] = {k: {} for k in self.known}  # name -> scrubbed label value
 
     def set_policy(self, policy) -> None:
         if policy is None:
@@ -47,12 +47,13 @@ class Labels:
             return "none"
         if name not in self.known.get(kind, ()):
             return OTHER
-        used = self.used.setdefault(kind, set())
-        if name not in used:
+        used = self.used.setdefault(kind, {})
+        value = used.get(name)
+        if value is None:
             if len(used) >= self.cap:
                 return OTHER
-            used.add(name)
-        return scrubber.default().text(name)
+            value = used[name] = scrubber.default().text(name)
+        return value
 
 
 def one_of(value: str | None, allowed: tuple[str, ...]) -> str:
