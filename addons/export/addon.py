@@ -33,7 +33,7 @@ from mitmproxy import ctx, exceptions
 
 from pangate.common import events
 from pangate.common.files import write_atomic
-from pangate.audit.log import list_audit_files
+from pangate.audit.log import list_audit_files, scrub_line
 from pangate.export.transport import ExportError, from_url
 from pangate.chain.failsafe import Component
 
@@ -88,7 +88,7 @@ class Exporter:
                 if not batch:
                     self._stop.wait(0.2)
                     continue
-                self.transport.send([line for _, line, _ in batch])
+                self.transport.send([scrub_line(line) for _, line, _ in batch])  # the export's own wall
             except (OSError, ExportError) as e:
                 if down_since is None:
                     down_since = time.monotonic()
