@@ -38,13 +38,15 @@ TOKEN_TEXT = re.compile("|".join((_JWT, _AUTH_HEADER, _AUTH)))
 TOKEN_DATA = re.compile(TOKEN_TEXT.pattern.encode())
 REDACTED = "[redacted]"
 # What must be in a string for TOKEN_TEXT or the PAN engine's SAD rules (its anchors) to find
-# anything: the cheap test before the regexes.
-_HINT_WORDS = ("eyJ", "bearer", "basic", "authorization", "cvv", "cvc", "cid", "csc", "pin", "track", "security")
-_HINT = re.compile("|".join(_HINT_WORDS), re.IGNORECASE)
-_HINT_DATA = re.compile("|".join(_HINT_WORDS).encode(), re.IGNORECASE)
-_SAD_HINT = re.compile("cvv|cvc|cid|csc|pin|track|security", re.IGNORECASE)
-_TOKEN_HINT = re.compile("eyJ|bearer|basic|authorization", re.IGNORECASE)
-_TOKEN_HINT_DATA = re.compile(_TOKEN_HINT.pattern.encode(), re.IGNORECASE)
+# anything: the cheap test before the regexes, run on the lower-cased string (a literal
+# alternation without IGNORECASE is several times faster).
+_TOKEN_WORDS = "eyj|bearer|basic|authorization"
+_SAD_WORDS = "cvv|cvc|cid|csc|pin|track|security"
+_HINT = re.compile(f"{_TOKEN_WORDS}|{_SAD_WORDS}")
+_HINT_DATA = re.compile(_HINT.pattern.encode())
+_TOKEN_HINT = re.compile(_TOKEN_WORDS)
+_TOKEN_HINT_DATA = re.compile(_TOKEN_WORDS.encode())
+_SAD_HINT = re.compile(_SAD_WORDS)
 # Fewer ASCII digits than this in an ASCII string: no card number in any form fits (a PAN has
 # 12 digits at least, and every escape of a digit -- %34, \u0034, \x34, &#52;, &#x34; -- spells
 # digits itself).
@@ -80,6 +82,10 @@ class SecretRegistry:
         self._lock = threading.Lock()
         self._values: dict[str, tuple[str, ...]] = {}
         self.redactor = Redactor()
+        # (redactor, probe): the probe is the forms lower-cased, without IGNORECASE -- several
+        # times cheaper than the redactor -- for a first look at ASCII text. One attribute, so
+        # a reader never pairs one load's probe with another's redactor.
+        self.matcher: tuple[Redactor, re.Pattern | None, re.Pattern | None] = (self.redactor, None, None)
         self.generation = 0  # bumped on each replace(): what was clean before may not be now
 
     def replace(self, secrets: dict[str, tuple[str, str | None]]) -> None:
@@ -88,6 +94,10 @@ class SecretRegistry:
         with self._lock:
             self._values = values
             self.redactor = Redactor(f for forms in values.values() for f in forms)
+            forms = sorted({f.lower() for f in self.redactor.forms}, key=len, reverse=True)
+            alt = "|".join(map(re.escape, forms))
+            self.matcher = (self.redactor, re.compile(alt) if forms else None,
+                            re.compile(alt.encode()) if forms else None)
             self.generation += 1
 
 
@@ -121,10 +131,16 @@ class SinkScrubber:
         if value in clean:
             return value
         original = value
-        value = self.secrets.redactor.text(value)
-        if not (value.isascii() and len(value) - len(value.encode("ascii").translate(None, _DIGITS)) < _MIN_DIGITS
-                and not _HINT.search(value)):
-            if not value.isascii() or _TOKEN_HINT.search(value):
+        ascii_ = value.isascii()
+        low = value.lower() if ascii_ else ""
+        redactor, probe, _ = self.secrets.matcher
+        if probe is not None and (not ascii_ or probe.search(low)):
+            value = redactor.text(value)
+            ascii_ = value.isascii()
+            low = value.lower() if ascii_ else ""
+        if not (ascii_ and len(value) - len(value.encode("ascii").translate(None, _DIGITS)) < _MIN_DIGITS
+                and not _HINT.search(low)):
+            if not ascii_ or _TOKEN_HINT.search(low):
                 value = TOKEN_TEXT.sub(REDACTED, value)
             value = _mask_text(self.masker, value)
         if len(value) <= _CLEAN_LEN and value == original:
@@ -136,11 +152,16 @@ class SinkScrubber:
     def data(self, value: bytes) -> bytes:
         if not value:
             return value
-        value = self.secrets.redactor.data(value)
-        if value.isascii() and len(value) - len(value.translate(None, _DIGITS)) < _MIN_DIGITS \
-                and not _HINT_DATA.search(value):
+        ascii_ = value.isascii()
+        low = value.lower() if ascii_ else b""
+        redactor, _, probe = self.secrets.matcher
+        if probe is not None and (not ascii_ or probe.search(low)):
+            value = redactor.data(value)
+            ascii_ = value.isascii()
+            low = value.lower() if ascii_ else b""
+        if ascii_ and len(value) - len(value.translate(None, _DIGITS)) < _MIN_DIGITS and not _HINT_DATA.search(low):
             return value
-        if not value.isascii() or _TOKEN_HINT_DATA.search(value):
+        if not ascii_ or _TOKEN_HINT_DATA.search(low):
             value = TOKEN_DATA.sub(REDACTED.encode(), value)
         return _mask_data(self.masker, value)
 
@@ -287,7 +308,7 @@ def _escaped_cards(cluster: str) -> list[tuple[int, int]]:
 
 
 def _mask_text(masker: Masker, value: str) -> str:
-    if not value.isascii() or _ENGINE_RUN.search(value) or _SAD_HINT.search(value):
+    if not value.isascii() or _ENGINE_RUN.search(value) or _SAD_HINT.search(value.lower()):
         value = masker.mask_text(value)[0]
     return _blunt(value)
 
