@@ -19,6 +19,7 @@ for well-formed bytes, so when in doubt it stars out more.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -64,9 +65,14 @@ _HEX_ID = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{20}")
 _UUID = re.compile(r"(?=[0-9-]*[a-f])[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _APPROVAL_ID = re.compile(r"apr_(?=[0-9]*[a-f])[0-9a-f]{16}")
 _SHA256 = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{64}")
+_KEY_ID = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{16}")
+_ED25519_SIG = re.compile(r"[A-Za-z0-9+/]{86}==")  # base64 of 64 bytes
 _ID_OR_APPROVAL = re.compile(f"{_UUID.pattern}|{_APPROVAL_ID.pattern}")
 GENERATED_IDS = {"request_id": _HEX_ID, "replayed_from": _HEX_ID, "connection": _UUID, "id": _ID_OR_APPROVAL,
-                 "approval_id": _APPROVAL_ID, "policy": _SHA256, "digest": _SHA256, "previous": _SHA256}
+                 "approval_id": _APPROVAL_ID, "policy": _SHA256, "digest": _SHA256, "previous": _SHA256,
+                 # the audit chain's own fields: a copy of a line (export, stdout) must still verify
+                 "prev": _SHA256, "head": _SHA256, "last_removed_hash": _SHA256, "key_id": _KEY_ID,
+                 "sig": _ED25519_SIG}
 
 
 def generated_id(key, value: str) -> bool:
@@ -102,6 +108,7 @@ class SecretRegistry:
 
 
 SECRETS = SecretRegistry()
+_JSON_LINE_MAX = 1 << 20  # larger "JSON" lines are scrubbed as text
 _CLEAN_MAX = 4096  # short strings known clean under the current secrets (records repeat a small vocabulary)
 _CLEAN_LEN = 256
 
@@ -177,6 +184,43 @@ class SinkScrubber:
             return [self.value(v) for v in obj]
         if isinstance(obj, tuple):
             return tuple(self.value(v) for v in obj)
+        return obj
+
+    def line(self, value: str) -> str:
+        """One output line. A JSON object (an exported audit record, say) is scrubbed value by
+        value, so it stays JSON and its generated ids and chain hashes keep their shape; it is
+        re-serialized only if something changed. Anything else is scrubbed as text."""
+        body = value.rstrip("\r\n")
+        if body.startswith("{") and body.endswith("}") and len(body) < _JSON_LINE_MAX:
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                clean = self._json(obj, None)
+                if clean == obj:
+                    return value
+                return json.dumps(clean, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + value[len(body):]
+        return self.text(value)
+
+    def line_data(self, value: bytes) -> bytes:
+        """line() for bytes (undecodable bytes are kept as they were, and scrubbed as data)."""
+        if value.lstrip()[:1] == b"{":
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return self.data(value)
+            out = self.line(text)
+            return value if out is text else out.encode("utf-8")
+        return self.data(value)
+
+    def _json(self, obj, key):
+        if isinstance(obj, str):
+            return obj if key is not None and generated_id(key, obj) else self.text(obj)
+        if isinstance(obj, dict):
+            return {self.text(k): self._json(v, k) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._json(v, None) for v in obj]
         return obj
 
     def label(self, value, limit: int = LABEL_MAX) -> str:

@@ -301,3 +301,42 @@ def test_secret_forms_match_in_any_letter_case():
     assert set(s.text(f"x {mixed} y")[2:-2]) == {"*"}
     assert set(s.data(f"x {mixed} y".encode())[2:-2]) == {ord("*")}
     assert s.text("nothing secret here") == "nothing secret here"
+
+
+# ---- process output ----------------------------------------------------------------------------
+
+def test_bytes_written_to_stdout_buffer_are_scrubbed_and_json_lines_stay_verifiable(sink):
+    import io
+
+    from pangate.sinks.output import ScrubbedStream
+
+    raw = io.BytesIO()
+    target = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)
+    out = ScrubbedStream(target, sink)
+    prev = "4111111111111111" + "ab" * 24  # a chain hash whose digits happen to look like a card
+    line = dumps_line({"event": "request", "prev": prev, "reason": f"card {PAN}", "seq": 3})
+    print("text first", file=out)
+    out.buffer.write(line + b"\n" + f"plain {PAN} ".encode())
+    out.buffer.write(b"tail\n")
+    out.flush()
+    first, second, third = raw.getvalue().decode().splitlines()
+    assert first == "text first"
+    rec = json.loads(second)
+    assert rec["prev"] == prev and rec["reason"] == "card 411111******1111" and rec["seq"] == 3
+    assert third == "plain 411111******1111 tail"
+    clean = dumps_line({"event": "x", "prev": prev, "n": 1})
+    out.buffer.write(clean + b"\n")
+    out.flush()
+    assert raw.getvalue().splitlines()[-1] == clean  # untouched bytes, byte for byte
+
+
+def test_a_printed_json_line_keeps_its_structure(sink):
+    import io
+
+    from pangate.sinks.output import ScrubbedStream
+
+    target = io.StringIO()
+    out = ScrubbedStream(target, sink)
+    print(json.dumps({"reason": "missing authorization", "code": "x", "path": f"/{PAN}"}), file=out)
+    rec = json.loads(target.getvalue())
+    assert rec["reason"] == "missing authorization" and rec["path"] == "/411111******1111"
