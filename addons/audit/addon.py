@@ -184,8 +184,10 @@ class Audit(Component):
         if fc.recorded or self.writer is None:
             return None
         fc.recorded = True
-        record = flow_record(flow, credential_params(self.store.policy))
-        seq = self.writer.append(record)
+        # The writer scrubs every string of the record before hashing it; the decision line
+        # quotes the record as written, never the raw request (a refused path, Host or CONNECT
+        # target can carry a card number).
+        seq, record = self.writer.add(flow_record(flow, credential_params(self.store.policy)))
         log.info("pangate decision id=%s identity=%s outcome=%s code=%s status=%s %s %s://%s:%s%s rule=%s",
                  record["request_id"], (record["identity"] or {}).get("name"), record["outcome"],
                  record["code"], record["status"], record["destination"]["method"],

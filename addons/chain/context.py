@@ -22,6 +22,7 @@ from typing import Generic, TypedDict, TypeVar
 from mitmproxy import http
 
 from pangate.chain.wire import abort_connections, may_stream
+from pangate.sinks.scrubber import default as sink_scrubber
 
 log = logging.getLogger("pangate")
 KEY = "pangate"
@@ -153,9 +154,13 @@ class FlowContext:
         if n:
             self.pans_masked = self.pans_masked + n
 
-    def mark_refused(self, status: int, code: str, reason: str) -> None:
-        """The one writer of `refused`: refuse() and cut() record through here."""
+    def mark_refused(self, status: int, code: str, reason: str) -> str:
+        """The one writer of `refused`: refuse() and cut() record through here. Returns the
+        reason as recorded: scrubbed, since reasons quote request input (a path, a Host, a
+        query value) and go on to the client, the flow's notes, the audit trail and the log."""
+        reason = sink_scrubber().text(reason)
         self.data["refused"] = {"status": status, "code": code, "reason": reason}
+        return reason
 
 
 def of(flow) -> FlowContext:
@@ -189,6 +194,7 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
         if flow.killable:
             flow.kill()
         return
+    reason = sink_scrubber().text(reason)  # reasons quote request input: never raw in the body
     body = json.dumps({"error": error, "reason": reason, "code": code, "request_id": rid}, indent=1)
     hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Pangate-Request-Id": rid}
     hdrs.update(headers or {})
@@ -210,8 +216,7 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
 def cut(flow, status: int, code: str, reason: str) -> None:
     """Refuse a flow that can no longer be answered: recorded, and both connections reset."""
     fc = FlowContext.of(flow)
-    fc.mark_refused(status, code, reason)
-    fc.error = reason
+    fc.error = fc.mark_refused(status, code, reason)
     abort_connections(flow, flow.server_conn, flow.client_conn)
 
 

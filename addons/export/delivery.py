@@ -25,7 +25,7 @@ import re
 import threading
 import time
 
-from pangate.audit.log import list_audit_files, utc_iso
+from pangate.audit.log import list_audit_files, scrub_line, utc_iso
 from pangate.common.files import write_atomic
 from pangate.export.transport import ExportError
 
@@ -139,7 +139,7 @@ class Exporter:
                     trail_down, batch = True, []
                 if batch:
                     idle_since = None
-                    self.transport.send([line for _, line, _ in batch])
+                    self._ship([line for _, line, _ in batch])
                     self._sent(batch)
                     if len(self._in_flight) >= self.MAX_IN_FLIGHT:
                         self._confirm()
@@ -181,10 +181,14 @@ class Exporter:
                 pass
         self.transport.close()
 
+    def _ship(self, lines: list) -> None:
+        """The export's one send point: every line passes the sink scrubber (the export's own wall)."""
+        self.transport.send([scrub_line(line) for line in lines])
+
     def _send_alerts(self) -> None:
         while self._alert_q:
             line = self._alert_q[0]
-            self.transport.send([line])
+            self._ship([line])
             self._alert_q.popleft()
             if self._confirming:
                 self._alerts_in_flight.append(line)
