@@ -365,6 +365,7 @@ class Recorder(Component):
         self._scrubber: tuple = (None, None, None)  # (policy, secrets, Scrubber): rebuilt when either changes
 
     def load(self, loader):
+        seal_flow_writers()
         loader.add_option("pangate_recordings_dir", str, "var/recordings",
                           "Directory of masked session recordings (mitmproxy flow files); empty disables them.")
         loader.add_option("pangate_recordings_rotate_mb", int, 64, "Start a new recording file at this size.")
@@ -444,3 +445,24 @@ class Recorder(Component):
 
     def error(self, flow):
         self._save(flow)
+
+
+def seal_flow_writers() -> None:
+    """Every flow mitmproxy itself serializes passes the StateSeal too.
+
+    mitmproxy writes flows outside the Recorder: `save_stream_file` (its Save
+    addon) and mitmweb's flow download both go through io.FlowWriter.add,
+    which dumps `flow.get_state()` as it is. Replacing that one method makes
+    them sinks with the same second wall as the recordings. Idempotent across
+    script reloads.
+    """
+    from mitmproxy import io
+
+    if getattr(io.FlowWriter.add, "pangate_sealed", False):
+        return
+
+    def add(self, f) -> None:
+        tnetstring.dump(StateSeal().state(f.get_state()), self.fo)
+
+    add.pangate_sealed = True
+    io.FlowWriter.add = add
