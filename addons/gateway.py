@@ -15,21 +15,24 @@ from pangate.control.addon import Control
 from pangate.credentials.addon import Credentials
 from pangate.dlp.addon import Dlp
 from pangate.export.addon import Export
+from pangate.health.addon import Health
 from pangate.identity.addon import Identify, Revocations
 from pangate.masking.addon import ResponseMasking
 from pangate.policy.addon import PolicyStore
 from pangate.recording.addon import Recorder
+from pangate.state.addon import SharedState
 
 store = PolicyStore()
-revocations = Revocations()  # `pangate revoke` writes the list it watches
-approval = ApprovalHold(store)
+state = SharedState()  # pangate_state: in process, or Redis shared by every instance
+revocations = Revocations(state)  # `pangate revoke` writes the list it watches (and, shared, Redis)
+approval = ApprovalHold(store, state)
 credentials = Credentials(store)
 audit = Audit(store)
-
-addons = chain(
+stages = [
     store,
+    state,
     revocations,
-    Identify(store, revocations),
+    Identify(store, revocations, state),
     Authorize(store),
     AddressGuard(store),  # resolves only allowed destinations, pins the checked address
     Dlp(store),  # needs the decided destination; before any credential is added
@@ -40,4 +43,5 @@ addons = chain(
     audit,
     Recorder(store, credentials),  # after Audit: saves what the client finally got
     Export(audit),  # ships durable audit records to SIEM collectors, off the data path
-)
+]
+addons = chain(*stages, Health(store, stages, state))  # /healthz, /readyz from the stages' health
