@@ -11,7 +11,7 @@ import os
 import sys
 
 from pangate.audit.log import FILE_RE, file_sort_key, list_audit_files
-from pangate.audit.verify import verify_log
+from pangate.audit.verify import verify_instances, verify_log
 from pangate.cli.progress import Progress
 
 DEFAULT_PUBKEY = "certs/audit-signing.key.pub"
@@ -35,7 +35,8 @@ def register(sub) -> None:
 
 
 def add_verify_arguments(p) -> None:
-    p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order")
+    p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order; several "
+                   "directories are several gateway instances' chains, each verified on its own")
     p.add_argument("--pubkey", help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present)")
     p.add_argument("--recordings", help="directory of session recordings whose signatures to check")
     p.add_argument("--live", action="store_true", help="the gateway is running: accept an unsigned tail")
@@ -56,8 +57,15 @@ def verify_cmd(args) -> int:
     elif not args.pubkey:
         print(f"using public key {pubkey}", file=sys.stderr)
     progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
+    instances = len(paths) > 1 and all(os.path.isdir(p) for p in paths)
+    if instances and args.recordings:
+        print("pangate audit verify: --recordings goes with one audit directory at a time", file=sys.stderr)
+        return 2
     try:
-        rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
+        if instances:
+            rep = verify_instances(paths, pubkey, live=args.live, progress=progress)
+        else:
+            rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
     except (OSError, ValueError) as e:
         if progress is not None:
             progress.clear()
