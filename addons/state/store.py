@@ -163,7 +163,8 @@ def redacted(url: str) -> str:
     """The URL as it may be logged: no user information."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -173,7 +174,7 @@ def check_url(url: str) -> str | None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as e:
-        return f"{redacted(url)!r} is not a URL ({e})"
+        return f"{redacted(url)!r} is not a redis:// URL ({e})"
     if parts.scheme not in ("redis", "rediss"):
         return "use redis://HOST:PORT/DB or rediss://HOST:PORT/DB (TLS), or empty for in-process state"
     if parts.password is not None:
