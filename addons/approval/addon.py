@@ -165,7 +165,8 @@ class ApprovalHold(Periodic, Component):
             return None
         if rule.mode == "grant":
             return self._guarded(flow, self._grant(flow, rule, who))
-        return self._guarded(flow, self._hold(flow, rule, who))  # the data path waits for it before the credential is added
+        # The data path waits for it before the credential is added.
+        return self._guarded(flow, self._hold(flow, rule, who))
 
     async def _guarded(self, flow, step) -> None:
         """A decision that needs the shared state it cannot reach is refused, not guessed."""

@@ -350,8 +350,11 @@ class InstancesReport:
 
 def verify_instances(directories: list[str], public_key=None, *, live: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> InstancesReport:
-    """Verify each instance's chain separately (they are independent chains) and merge their spans."""
-    chains = [(d, verify_log(d, public_key, progress, live=live)) for d in directories]
+    """Verify each instance's chain separately (they are independent chains) and merge their spans.
+
+    public_key: one key for every chain, or a list with one per directory."""
+    keys = public_key if isinstance(public_key, list) else [public_key] * len(directories)
+    chains = [(d, verify_log(d, k, progress, live=live)) for d, k in zip(directories, keys, strict=True)]
     rep = InstancesReport(chains)
     seen: dict[str, str] = {}
     for d, r in chains:

@@ -37,7 +37,9 @@ def register(sub) -> None:
 def add_verify_arguments(p) -> None:
     p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order; several "
                    "directories are several gateway instances' chains, each verified on its own")
-    p.add_argument("--pubkey", help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present)")
+    p.add_argument("--pubkey", action="append",
+                   help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present); with "
+                        "several instance directories, one key for all or one per directory, in order")
     p.add_argument("--recordings", help="directory of session recordings whose signatures to check")
     p.add_argument("--live", action="store_true", help="the gateway is running: accept an unsigned tail")
     p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr even when it is not a TTY")
@@ -51,19 +53,23 @@ def verify_cmd(args) -> int:
         if not os.path.exists(p):
             print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
             return 2
-    pubkey = args.pubkey or (DEFAULT_PUBKEY if os.path.exists(DEFAULT_PUBKEY) else None)
+    instances = len(paths) > 1 and all(os.path.isdir(p) for p in paths)
+    keys = args.pubkey or []
+    if len(keys) > 1 and not (instances and len(keys) == len(paths)):
+        print("pangate audit verify: give one --pubkey, or one per instance directory", file=sys.stderr)
+        return 2
+    pubkey = keys[0] if keys else (DEFAULT_PUBKEY if os.path.exists(DEFAULT_PUBKEY) else None)
     if pubkey is None:
         print("warning: no public key (--pubkey): signatures are NOT checked", file=sys.stderr)
     elif not args.pubkey:
         print(f"using public key {pubkey}", file=sys.stderr)
     progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
-    instances = len(paths) > 1 and all(os.path.isdir(p) for p in paths)
     if instances and args.recordings:
         print("pangate audit verify: --recordings goes with one audit directory at a time", file=sys.stderr)
         return 2
     try:
         if instances:
-            rep = verify_instances(paths, pubkey, live=args.live, progress=progress)
+            rep = verify_instances(paths, keys if len(keys) > 1 else pubkey, live=args.live, progress=progress)
         else:
             rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
     except (OSError, ValueError) as e:

@@ -353,6 +353,10 @@ class Revocations(WatchedFile, Component):
         for jti in new.jtis.keys() - old.jtis.keys() - self.current.jtis.keys():
             events.emit("revoked", alert=True, identity=None, jti=jti, reason=new.jtis[jti].get("reason"),
                         via="shared")
+        for name in old.identities.keys() - new.identities.keys() - self.current.identities.keys():
+            events.emit("unrevoked", identity=name, jti=None, via="shared")
+        for jti in old.jtis.keys() - new.jtis.keys() - self.current.jtis.keys():
+            events.emit("unrevoked", identity=None, jti=jti, via="shared")
 
     def _load(self, path: str, announce: bool = True) -> None:
         stamp = file_stamp(path)

@@ -33,6 +33,7 @@ class SharedState(Component):
         self.store: Store = MemoryStore()
         self.instance = instance.resolve("", None)
         self._up = True
+        self._answered = False
         self._task: asyncio.Task | None = None
         self._running = False
         self._listeners: list = []
@@ -74,6 +75,7 @@ class SharedState(Component):
                 store.listen(fn)
             # A shared store is trusted only once it answered.
             self._up = not store.shared
+            self._answered = False
             self.problem = "" if self._up else f"the shared state at {store.description} has not answered yet"
             log.info("pangate state: %s (instance %s)", store.description, self.instance)
             if self._running:
@@ -104,8 +106,11 @@ class SharedState(Component):
         was_down = not self._up
         self._up, self.problem = True, ""
         if was_down:
-            log.info("pangate shared state at %s answers again", self.store.description)
-            events.emit("state_recovered", store=self.store.description)
+            first = not self._answered
+            self._answered = True
+            log.info("pangate shared state at %s answers%s", self.store.description, "" if first else " again")
+            if not first:
+                events.emit("state_recovered", store=self.store.description)
             self.store._deliver({"kind": "resync"})
 
     async def _watch(self, store: Store) -> None:

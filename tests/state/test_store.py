@@ -91,7 +91,7 @@ def test_store_operations_agree(redis_server):
         assert {"kind": "test"} in got
         await store.close()
 
-    for name, make in _stores(redis_server):
+    for _name, make in _stores(redis_server):
         _run(scenario(make()))
 
 
