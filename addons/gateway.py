@@ -19,6 +19,7 @@ from pangate.health.addon import Health
 from pangate.identity.addon import Identify, Revocations
 from pangate.masking.addon import ResponseMasking
 from pangate.policy.addon import PolicyStore
+from pangate.proxytls.addon import ProxyTls
 from pangate.recording.addon import Recorder
 from pangate.state.addon import SharedState
 
@@ -32,6 +33,7 @@ stages = [
     store,
     state,
     revocations,
+    ProxyTls(),  # the proxy hop itself over TLS; plain proxy requests refused when required
     Identify(store, revocations, state),
     Authorize(store),
     AddressGuard(store),  # resolves only allowed destinations, pins the checked address
