@@ -134,9 +134,13 @@ class SharedState(Component):
         self._running = True
         self._start()
 
-    async def done(self):
+    def done(self):
+        # Synchronous: mitmproxy calls done synchronously when a script is reloaded.
         self._running = False
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        await self.store.close()
+        try:
+            asyncio.get_running_loop().create_task(self.store.close())
+        except RuntimeError:
+            pass
