@@ -146,7 +146,11 @@ def test_approval_through_one_releases_the_flow_held_on_the_other(pair, upstream
         assert r.returncode == 0, r.stderr
         resp = fut.result(timeout=10)
     assert resp.status_code == 200, resp.text
-    granted = [x for x in a.audit_records() if x.get("event") == "approval_granted" and x.get("approval_id") == aid]
+    deadline = time.monotonic() + 10  # the writer commits in groups: poll the file for the record
+    while not (granted := [x for x in a.audit_records()
+                           if x.get("event") == "approval_granted" and x.get("approval_id") == aid]):
+        assert time.monotonic() < deadline, "no approval_granted record on the holding instance"
+        time.sleep(0.05)
     assert granted and granted[0]["approver"] == "alice" and granted[0]["instance"] == "gw-a"
 
 
@@ -203,7 +207,7 @@ def test_second_writer_on_an_audit_directory_refuses_to_start(pair, confdir, pki
             "--listen-port", "0", "--set", f"confdir={confdir}",
             "--set", f"ssl_verify_upstream_trusted_ca={pki.ca_cert}",
             "--set", f"pangate_policy={a.policy_path}", "--set", f"pangate_audit_dir={a.audit_dir}",
-            "--set", f"pangate_audit_key={tmp_path / 'k.key'}", "--set", f"block_list={ARM_BLOCK}",
+            "--set", f"pangate_audit_key={a.workdir / 'audit-signing.key'}", "--set", f"block_list={ARM_BLOCK}",
             "--set", "pangate_control_listen="]
     proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr

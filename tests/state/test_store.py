@@ -13,6 +13,8 @@ from pangate.policy.model import parse_policy
 from pangate.state import revocations as shared
 from pangate.state.store import MemoryStore, RedisStore, StateUnavailable, check_url, open_store, read_password
 
+from redisproc import RedisServer
+
 POLICY = """
 version: 1
 identities:
@@ -37,6 +39,14 @@ approvals:
     grant_window: 30s
     timeout: 20s
 """ % ("0" * 64)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server per test: some tests stop it."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
 
 
 def _run(coro):
