@@ -24,6 +24,8 @@ from pangate.policy.model import Policy
 from pangate.common.filewatch import WatchedFile
 from pangate.common.periodic import file_stamp
 from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
+from pangate.state import revocations as shared_revocations
+from pangate.state.store import StateUnavailable
 from pangate.policy.schema import parse_duration
 from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_proxy_authorization
 
@@ -104,18 +106,22 @@ class Throttle:
         self._failures[source] = times  # most recent last: the oldest sources are forgotten first
         while len(self._failures) > self.MAX_SOURCES:
             self._failures.popitem(last=False)
-        n = len(times)
+        return len(times), self.delay_for(len(times))
+
+    def delay_for(self, n: int) -> float:
+        """The wait before answering the n-th failure of a source within the window."""
         if n <= self.free:
-            return n, 0.0
-        return n, min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
+            return 0.0
+        return min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
 
 
 class Identify(Component):
     """Authenticates CONNECT and plain proxy requests; binds identities to connections."""
 
-    def __init__(self, store, revocations=None):
+    def __init__(self, store, revocations=None, state=None):
         self.store = store
         self.revocations = revocations  # anything with is_revoked(caller) -> str | None
+        self.state = state  # SharedState: with a shared store, the bad-token counts are every instance's
         self.verifier: TokenVerifier | None = None
         self._verifier_inputs = None
         self.bound = _BOUND
@@ -181,7 +187,17 @@ class Identify(Component):
     async def _refuse_bad(self, flow, code: str, reason: str) -> None:
         """A bad token: refused, and its source slowed down when it keeps trying."""
         source = (flow.client_conn.peername or ("unknown",))[0]
-        count, delay = self.throttle.failed(source)
+        store = self.state.store if self.state is not None else None
+        if store is not None and store.shared:
+            try:
+                count = await store.hit(f"pangate:fail:{source}", Throttle.WINDOW)
+            except StateUnavailable as e:
+                # Refused either way; the 503 says why it is not the usual 407.
+                refuse(flow, 503, "unavailable", str(e), StateUnavailable.code)
+                return
+            delay = self.throttle.delay_for(count)
+        else:
+            count, delay = self.throttle.failed(source)
         if delay:
             if count == self.throttle.free + 1 or count & (count - 1) == 0:  # first, then at powers of two
                 events.emit("auth_throttled", alert=True, source=source, failures=count,
@@ -255,9 +271,17 @@ class Revocations(WatchedFile, Component):
 
     _had_file = False  # once a list was read, a missing file is a failure, not "nothing revoked"
 
-    def __init__(self):
+    def __init__(self, state=None):
         self.current = RevocationList()
         self.problem_code = "revocations_unavailable"
+        # With a shared store: what every instance (and `pangate revoke --state`) revoked.
+        self.state = state
+        self.shared = RevocationList()
+        self._pushed = RevocationList()  # what this instance's file put in the shared store
+        self._syncing: asyncio.Task | None = None
+        self._again = False
+        if state is not None:
+            state.listen(self._announced)
 
     def load(self, loader):
         loader.add_option("pangate_revocations", str, DEFAULT_PATH,
@@ -272,14 +296,71 @@ class Revocations(WatchedFile, Component):
 
     def is_revoked(self, caller) -> str | None:
         """Why the caller's identity or token is revoked, or None."""
-        lst = self.current
-        hit = lst.identities.get(caller.identity)
-        if hit is not None:
-            return f"identity {caller.identity!r} is revoked: {hit.get('reason', 'revoked')}"
-        jti = caller.principal.token_id
-        if jti and jti in lst.jtis:
-            return f"this token (id {jti}) is revoked: {lst.jtis[jti].get('reason', 'revoked')}"
+        for lst in (self.current, self.shared):
+            hit = lst.identities.get(caller.identity)
+            if hit is not None:
+                return f"identity {caller.identity!r} is revoked: {hit.get('reason', 'revoked')}"
+            jti = caller.principal.token_id
+            if jti and jti in lst.jtis:
+                return f"this token (id {jti}) is revoked: {lst.jtis[jti].get('reason', 'revoked')}"
         return None
+
+    # -- the shared list ------------------------------------------------------
+
+    def _announced(self, message: dict) -> None:
+        if message.get("kind") in ("revocations", "resync"):
+            self._sync(resync=message.get("kind") == "resync")
+
+    def _sync(self, resync: bool = False) -> None:
+        """Push this file's changes and pull everyone's, in one task at a time (a change during it runs again)."""
+        if self.state is None or not self.state.store.shared:
+            return
+        if self._syncing is not None and not self._syncing.done():
+            self._again = True
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._syncing = loop.create_task(self._run_sync(resync))
+
+    async def _run_sync(self, resync: bool) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._exchange(resync)
+            except StateUnavailable as e:
+                log.warning("pangate shared revocations not synchronized: %s", e)
+                return  # SharedState refuses traffic meanwhile; its recovery announces a resync
+            if not self._again:
+                return
+            resync = False
+
+    async def _exchange(self, resync: bool) -> None:
+        store = self.state.store
+        if resync and await store.get(shared_revocations.EPOCH) is None:
+            # The store lost its data (a restart without persistence): put back what this instance knew.
+            await store.set(shared_revocations.EPOCH, self.state.instance)
+            await shared_revocations.push(store, shared_revocations.union(self.current, self.shared))
+            self._pushed = self.current
+        added, lifted = shared_revocations.diff(self._pushed, self.current)
+        if resync:
+            added = self.current  # whatever the file holds is (again) in the shared list
+        if added.identities or added.jtis or lifted.identities or lifted.jtis:
+            await shared_revocations.push(store, added, lifted)
+        self._pushed = self.current
+        new = await shared_revocations.pull(store)
+        old, self.shared = self.shared, new
+        for name in new.identities.keys() - old.identities.keys() - self.current.identities.keys():
+            events.emit("revoked", alert=True, identity=name, jti=None, reason=new.identities[name].get("reason"),
+                        via="shared")
+        for jti in new.jtis.keys() - old.jtis.keys() - self.current.jtis.keys():
+            events.emit("revoked", alert=True, identity=None, jti=jti, reason=new.jtis[jti].get("reason"),
+                        via="shared")
+        for name in old.identities.keys() - new.identities.keys() - self.current.identities.keys():
+            events.emit("unrevoked", identity=name, jti=None, via="shared")
+        for jti in old.jtis.keys() - new.jtis.keys() - self.current.jtis.keys():
+            events.emit("unrevoked", identity=None, jti=jti, via="shared")
 
     def _load(self, path: str, announce: bool = True) -> None:
         stamp = file_stamp(path)
@@ -292,6 +373,7 @@ class Revocations(WatchedFile, Component):
         self.healthy, self.problem = True, ""
         log.info("pangate revocation list loaded from %s: %d identities, %d token ids",
                  path, len(new.identities), len(new.jtis))
+        self._sync()  # with a shared store, every instance learns of it
         if not announce:
             return
         # Held flows (approvals) subscribe to these and end the revoked ones.
@@ -305,6 +387,9 @@ class Revocations(WatchedFile, Component):
             events.emit("unrevoked", identity=None, jti=jti)
 
     async def tick(self):
+        self._ticks = getattr(self, "_ticks", 0) + 1
+        if self._ticks % 20 == 0:  # every few seconds: a missed announcement is caught up
+            self._sync()
         try:
             self.poll()
         except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching
