@@ -145,7 +145,7 @@ def test_recordings_hold_no_card_number(lgw, up, mint, variant):
                                       client_events=[TextMessage(data=f'{{"card": "{_u(pan)}"}}'),
                                                      CloseConnection(code=1000)])
             status, head, body = 101, wire.split(b"\r\n\r\n")[0], b""
-            lgw.log.wait_for(r"WebSocket connection closed|closed", start=mark)
+            lgw.log.wait_for(r"WebSocket connection closed|Error in WebSocket", start=mark)
         rest.rid = rid = _rid_of(head, body) or _decision_id(lgw, mark)
         assert status, "no answer"
         assert rid and wait_recorded(lgw, rid), "the flow was not recorded"

@@ -129,13 +129,14 @@ def test_websocket_control_frames_to_non_card_destination(lgw, up, mint, frame):
         ws = WSConnection(ConnectionType.CLIENT)
         tls.sendall(ws.send(Request(host=f"127.0.0.1:{up.port}", target=path)))
         tls.settimeout(5)
-        events = []
+        events, wire = [], b""
         while not any(isinstance(e, AcceptConnection) for e in events):
             data = tls.recv(65536)
             assert data, "the handshake was refused"
+            wire += data
             ws.receive_data(data)
             events += list(ws.events())
-        rest.rid = lgw.log.wait_for(r"pangate decision id=([\w-]+)", start=mark).group(1)
+        rest.rid = head_rid(wire.split(b"\r\n\r\n")[0])
         payload = f"card {pan}".encode()
         ev = {"ping": Ping(payload=payload), "pong": Pong(payload=payload),
               "close_reason": CloseConnection(code=1000, reason=payload.decode())}[frame]
@@ -148,7 +149,7 @@ def test_websocket_control_frames_to_non_card_destination(lgw, up, mint, frame):
         except (OSError, TimeoutError):
             pass
         tls.close()
-        lgw.log.wait_for(r"WebSocket connection closed|closed", start=mark)
+        lgw.log.wait_for(r"WebSocket connection closed|Error in WebSocket", start=mark)
         got = up.ws_control[n:]
         leaked = [(kind, p) for kind, p in got if leakscan.pans_in(p) or leakscan.pans_in(p, ALL_PANS)]
         assert not leaked, f"the non-card upstream received {leaked}"
