@@ -101,7 +101,7 @@ def outbound_pan(url: str, headers: list[tuple[str, str]], body: bytes | None = 
     for name, value in headers:
         if name.lower() in _SKIP_HEADERS:
             continue
-        if _text_has_pan(name):
+        if _text_has_pan(name) or _text_has_pan(name.replace("-", " ")):  # "-" joins the words of a name
             return "header name"  # never the name itself: it holds the number
         if _text_has_pan(value):
             return f"header {name}"

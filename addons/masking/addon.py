@@ -493,11 +493,25 @@ def _mask_bytes(masker: Masker, data: bytes) -> tuple[bytes, int]:
     return mask_views(data, "", masker)
 
 
+_DASH_AS_SPACE = bytes.maketrans(b"-", b" ")
+
+
+def mask_name(masker: Masker, name: bytes) -> tuple[bytes, int]:
+    """A header name: `-` joins its words (X-Card-4111...), so it is read as a space, not as the
+    dash of an id that glues a number to a hex letter."""
+    if not name.isascii():
+        return _mask_bytes(masker, name)
+    out, n = _mask_bytes(masker, name.translate(_DASH_AS_SPACE))
+    if not n:
+        return name, 0
+    return bytes(b if b != 32 or a != 45 else 45 for a, b in zip(name, out, strict=True)), n
+
+
 def mask_fields(masker: Masker, headers) -> int:
     """Mask card numbers in every header name and value (a name may carry one too); returns how many."""
     count, fields = 0, []
     for name, value in headers.fields:
-        n2, a = _mask_bytes(masker, name)
+        n2, a = mask_name(masker, name)
         v2, b = _mask_bytes(masker, value)
         count += a + b
         fields.append((n2, v2))
