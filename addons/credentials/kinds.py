@@ -1,13 +1,14 @@
 """The credential kinds, one row each: how it is injected, what of the client's is stripped,
 how it can come back (its echo forms), and what the flow keeps in its place at rest. Pure.
 
-| kind   | injected as                                   | client's stripped                    | echo forms of                 |
-|--------|-----------------------------------------------|--------------------------------------|-------------------------------|
-| header | `NAME: value`                                 | CLIENT_CREDENTIAL_HEADERS and NAME   | value                         |
-| bearer | `Authorization: Bearer value` (or NAME)       | CLIENT_CREDENTIAL_HEADERS and NAME   | value                         |
-| basic  | `Authorization: Basic b64(user:pass)` (NAME)  | CLIENT_CREDENTIAL_HEADERS and NAME   | user:pass, pass, b64(user:pass)|
-| query  | `?NAME=value`                                 | CLIENT_CREDENTIAL_HEADERS, query NAME| value                         |
-| mtls   | client certificate in the TLS handshake       | CLIENT_CREDENTIAL_HEADERS            | (none: nothing secret is sent)|
+| kind   | injected as                        | client's stripped (besides       | echo forms of                |
+|        |                                    | CLIENT_CREDENTIAL_HEADERS)       |                              |
+|--------|------------------------------------|----------------------------------|------------------------------|
+| header | `NAME: value`                      | NAME                             | value                        |
+| bearer | `Authorization: Bearer value`      | NAME, if the credential names it | value                        |
+| basic  | `Authorization: Basic b64(u:p)`    | NAME, if the credential names it | u:p, p, b64(u:p)             |
+| query  | `?NAME=value`                      | the query parameter NAME         | value                        |
+| mtls   | client certificate in the handshake| (nothing more)                   | none: nothing secret is sent |
 
 At rest the injected header (or query value) reads PLACEHOLDER. The functions
 take a request with mitmproxy's shape (`.headers` mapping, `.query` multidict)

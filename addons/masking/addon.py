@@ -86,12 +86,12 @@ class BodyStream:
     """
 
     def __init__(self, flow, masker: Masker, decoder: Decoder, events: bool = False, reveal: bool = False,
-                 redact=(), content_type: str = "", redactor: Redactor | None = None):
+                 redact=(), content_type: str = "", redactor: Redactor | None = None, keep_length: bool = False):
         self.flow = flow
         self.decoder = decoder
         if redactor is None and redact:
             redactor = Redactor([f.decode("latin-1") if isinstance(f, bytes) else f for f in redact])
-        self.ms = MaskStream(masker, content_type, redactor or None, reveal)
+        self.ms = MaskStream(masker, content_type, redactor or None, reveal, keep_length)
         self.events = events
         self.reveal = reveal
         self.failed = False
@@ -326,13 +326,14 @@ class ResponseMasking(Component):
             del fc.reveal
             return
         resp.headers.pop("content-encoding", None)  # what goes out is decoded
-        # Views may change byte length (a digit of another script becomes one `*`): no Content-Length.
-        if "content-length" in resp.headers:
+        if decoder.stages and "content-length" in resp.headers:
             resp.headers.pop("content-length")
             if not (flow.request.is_http2 or flow.request.is_http3):
                 resp.headers["transfer-encoding"] = "chunked"
+        # An identity body keeps its Content-Length: masking must then keep its length (bodies.py).
         resp.stream = BodyStream(flow, self.masker, decoder, events=events, reveal=reveal,
-                                 content_type=resp.headers.get("content-type", ""), redactor=self._redactor(flow))
+                                 content_type=resp.headers.get("content-type", ""), redactor=self._redactor(flow),
+                                 keep_length="content-length" in resp.headers)
         fc.streamed = True
 
     def _redactor(self, flow) -> Redactor | None:

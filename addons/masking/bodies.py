@@ -29,15 +29,20 @@ bounded memory:
   round-trip, conflicting views) raises UndecodableBody: the caller cuts
   the stream with its code.
 
-Views may change byte length (an Arabic-Indic digit becomes one `*`), so a
-streamed body never keeps its Content-Length (the addon drops it).
+Views may change byte length (an Arabic-Indic digit becomes one `*`). A
+streamed body that keeps its Content-Length (an identity body: the addon
+keeps it) is masked with keep_length=True: a window whose masked form would
+change length raises UndecodableBody("masked_length_changed") and the stream
+is cut, rather than sent with a wrong length. Decoded bodies are sent
+without Content-Length, so their length may change.
 """
 
 from __future__ import annotations
 
 from pangate.credentials.forms import Redactor
 from pangate.pan.engine import Masker
-from pangate.pan.views import _bom, _charset_of, _nul_pattern, _resolve, mask_views, needs_views, scan_views
+from pangate.pan.views import (UndecodableBody, _bom, _charset_of, _nul_pattern, _resolve, mask_views, needs_views,
+                               scan_views)
 
 HOLD = 4096
 STEP = 64 << 10
@@ -81,8 +86,9 @@ class MaskStream:
     """
 
     def __init__(self, masker: Masker, content_type: str = "", redactor: Redactor | None = None,
-                 reveal: bool = False):
+                 reveal: bool = False, keep_length: bool = False):
         self.m = masker
+        self.keep_length = keep_length
         self.ctype = content_type
         self.red = redactor.stream() if redactor else None
         self.reveal = reveal
@@ -178,6 +184,8 @@ class MaskStream:
         region, self.pend = pend[:cut], pend[cut:]
         self.offset += cut
         out, n = mask_views(region, self.ctype, self.m)
+        if self.keep_length and len(out) != len(region):
+            raise UndecodableBody("masked_length_changed", "the masked body would not keep its Content-Length")
         self.count += n
         return out
 

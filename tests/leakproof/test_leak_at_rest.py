@@ -112,18 +112,21 @@ def test_recordings_hold_no_card_number(lgw, up, mint, variant):
         post = {"request_json_u_escapes": ("application/json", f'{{"card": "{_u(pan)}"}}'.encode()),
                 "request_form_pct_digits": ("application/x-www-form-urlencoded",
                                             ("card=" + "".join(f"%{ord(d):02X}" for d in pan)).encode()),
-                "request_utf16_json": ("application/json", codecs.BOM_UTF16_LE + json.dumps({"card": pan}).encode("utf-16-le")),
+                "request_utf16_json": ("application/json",
+                                       codecs.BOM_UTF16_LE + json.dumps({"card": pan}).encode("utf-16-le")),
                 "request_html_refs": ("text/html", ("<p>" + "".join(f"&#{ord(d)};" for d in pan) + "</p>").encode())}
         if variant == "request_header_name":
             status, head, body = raw_request(lgw, mint, "localhost", up.port, "POST", path, [(f"X-Card-{pan}", "1")])
         elif variant.startswith("response_header"):
             name, value = (f"X-{pan}", "1") if variant == "response_header_name" else \
                 ("X-Card", "".join(f"%{ord(d):02X}" for d in pan))
-            up.routes[path] = lambda req, s: send(s, 200, HARMLESS.encode(), {name: value, "Content-Type": "text/plain"})
+            up.routes[path] = lambda req, s: send(s, 200, HARMLESS.encode(),
+                                                  {name: value, "Content-Type": "text/plain"})
             status, head, body = raw_request(lgw, mint, "localhost", up.port, "GET", path)
         elif variant in post:
             ctype, data = post[variant]
-            status, head, body = raw_request(lgw, mint, "localhost", up.port, "POST", path, [("Content-Type", ctype)], data)
+            status, head, body = raw_request(lgw, mint, "localhost", up.port, "POST", path,
+                                             [("Content-Type", ctype)], data)
         elif variant == "query_pct_digits":
             status, head, body = raw_request(lgw, mint, "localhost", up.port, "GET",
                                              path + "?card=" + "".join(f"%{ord(d):02X}" for d in pan))
@@ -132,7 +135,8 @@ def test_recordings_hold_no_card_number(lgw, up, mint, variant):
                                              f"/p/rec?card={group(pan, '%20')}")
         elif variant == "refused_body_u_escapes":
             status, head, body = raw_request(lgw, mint, "127.0.0.1", up.port, "POST", "/p/rec/body",
-                                             [("Content-Type", "application/json")], f'{{"card": "{_u(pan)}"}}'.encode())
+                                             [("Content-Type", "application/json")],
+                                             f'{{"card": "{_u(pan)}"}}'.encode())
         else:
             if variant == "ws_close_reason_from_server":
                 wire, _ = ws_exchange(lgw, mint, up, "localhost", path,

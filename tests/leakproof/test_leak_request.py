@@ -104,7 +104,8 @@ def test_pan_forms_to_non_card_destination_are_refused(lgw, up, mint, variant):
         status, head, rbody = raw_request(lgw, mint, "127.0.0.1", up.port, "POST", path, headers, body)
         rest.rid = head_rid(head)
         forwarded = [q for q in up.received if q.path == path]
-        assert not forwarded, f"the non-card upstream received it: {forwarded[0].raw_head[:300]!r} {forwarded[0].body[:200]!r}"
+        assert not forwarded, \
+            f"the non-card upstream received it: {forwarded[0].raw_head[:300]!r} {forwarded[0].body[:200]!r}"
         doc = assert_refusal(status, rbody, CODE)
         assert not leakscan.pans_in(head)
         assert doc["request_id"] == rest.rid

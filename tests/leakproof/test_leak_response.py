@@ -96,8 +96,8 @@ def _encodings(pan: str):
                         ("html_nbsp_entity", group(pan, "&nbsp;")),
                         ("html_numeric_nbsp", group(pan, "&#160;"))]:
         out[name] = ("text/html; charset=utf-8", f"<td>{value}</td><p>{h}</p>".encode(), "utf-8", h.encode())
-    out["xml_hex_refs"] = ("application/xml", f"<pan>{''.join(f'&#x{ord(d):X};' for d in pan)}</pan><n>{h}</n>".encode(),
-                           "utf-8", h.encode())
+    xml_refs = "".join(f"&#x{ord(d):X};" for d in pan)
+    out["xml_hex_refs"] = ("application/xml", f"<pan>{xml_refs}</pan><n>{h}</n>".encode(), "utf-8", h.encode())
     for name, value in [("pct20_separators", group(pan, "%20")), ("plus_separators", group(pan, "+")),
                         ("pct_digits", "".join(f"%{ord(d):02X}" for d in pan)),
                         ("pct_utf8_fullwidth", quote(_digits(pan, 0xFF10)))]:
@@ -142,7 +142,8 @@ def test_text_encodings_are_masked(lgw, up, mint, variant, framing):
 
 
 # ---- class 2: separators ----------------------------------------------------------------------------
-SEPARATORS = {"none": "", "space": " ", "dash": "-", "dot": ".", "underscore": "_", "slash": "/", "tab": "\t", "newline": "\n", "double_space": "  ",
+SEPARATORS = {"none": "", "space": " ", "dash": "-", "dot": ".", "underscore": "_", "slash": "/", "tab": "\t",
+              "newline": "\n", "double_space": "  ",
               "spaced_dash": " - ", "nbsp": "\u00a0", "zero_width_space": "\u200b", "soft_hyphen": "\u00ad",
               "crlf": "\r\n", "backslash": "\\"}
 
