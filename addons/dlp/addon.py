@@ -1,27 +1,39 @@
 """Outbound DLP and need-to-know reveals: where a card number may go, and who may read one.
 
-Outbound: a raw PAN in the URL (percent-encoded digits and `+`/`%20`
-separators included), a request header or the request body, sent to a
+Outbound: a PAN in the URL, a request header name or value, a trailer or the
+request body, in any normalized view a server could read (pan.views:
+charsets and a charset that lies, UTF-16/32 sniffed from BOM or NULs, JSON,
+HTML and percent escapes, Unicode digits and separators), sent to a
 destination the policy does not mark `card_data`, is refused with 403
-`pan_to_non_card_destination` and never reaches the upstream. The refusal
-says where the card number was, never the number.
+`pan_to_non_card_destination` and never reaches the upstream. A body is
+judged with every Content-Type it declares (and none), decoded within the
+gateway's limits (413 `decoded_body_too_large` past them, on a worker thread
+when big or compressed); a body that cannot be read with confidence is
+refused (415 with the views' code). The refusal says where the card number
+was, never the number.
 
 Streamed request bodies (`stream_large_bodies`) to a non-card destination are
-scanned as they pass: the scanner forwards only bytes it has cleared (a PAN
-is masked in what it forwards) and, on the first PAN, aborts both connections
-so the upstream sees a truncated, reset request and the client an error.
-While `stream_large_bodies` is set, a body of unknown length (chunked) to a
-non-card destination goes through the scanner from the start: mitmproxy would
-otherwise switch it to raw streaming mid-body, unseen. To card-data
-destinations streamed request bodies pass unchanged.
+decoded (and forwarded decoded) and checked as they pass by
+masking.bodies.MaskStream: only checked bytes are forwarded and, on the first
+PAN, both connections are aborted so the upstream sees a truncated, reset
+request and the client an error. While `stream_large_bodies` is set, a body
+of unknown length (chunked) to a non-card destination goes through the
+scanner from the start: mitmproxy would otherwise switch it to raw streaming
+mid-body, unseen. To card-data destinations streamed request bodies pass
+unchanged.
+
+Websockets to a non-card destination: a client message with a PAN is dropped
+and the connection cut; so is a ping, pong or close frame (its payload is
+emptied before it is written).
 
 Reveal: a `reveal:` entry lets one identity read full PANs from one
 destination, with a written justification. The reveal is noted in the flow's
 metadata (and so in its audit record) with the justification and how many
 PANs were shown; the PANs themselves are never noted. What is kept (flow
-body, records) stays masked: see masking.py.
+body, records) stays masked: see masking/addon.py.
 
-The decisions (`reveal_for`, `outbound_pan`, `is_card_destination`) are pure.
+The decisions (`reveal_for`, `outbound_pan`, `body_contains_pan`,
+`is_card_destination`) are pure.
 """
 
 from __future__ import annotations

@@ -2,31 +2,47 @@
 
 Carriers:
 
-- response headers, masked in `responseheaders` (before a streamed body's
-  headers go out);
-- buffered response bodies of any content type, decoded from any
-  Content-Encoding mitmproxy knows and re-encoded after; form bodies are read
-  as a server would (percent-escapes, `+`); a body that cannot be decoded is
-  refused, never forwarded unread;
+- the status line's reason phrase and every response header name and value,
+  masked in `responseheaders` (before a streamed body's headers go out) in
+  every normalized view (pan.views); one that cannot be read with confidence
+  refuses the response with its code;
+- buffered response bodies of any content type: decoded within the limits of
+  `pangate_max_decoded_mb` / `pangate_max_decode_ratio` (masking.decoders:
+  stacked codings such as "gzip, br" too; past a limit: 502
+  `decoded_body_too_large`), masked in every view of every declared
+  Content-Type (`pan.views.mask_views`: charsets, UTF-16/32, JSON/HTML/percent
+  escapes, Unicode digits and separators) and re-encoded (a stacked coding is
+  sent decoded). A body that cannot be decoded or read with confidence is
+  refused (502 with the precise code), never forwarded unread. Big or
+  compressed bodies are decoded and masked on a worker thread;
 - streamed response bodies (`stream_large_bodies`, `text/event-stream`, and
   any body of unknown length while `stream_large_bodies` is set, because
   mitmproxy would otherwise switch it to raw streaming mid-body with no hook):
-  decoded incrementally (gzip, deflate, br, zstd) and masked by
-  pan.StreamMasker, which carries state across chunks in bounded memory.
-  Content-Encoding is dropped (and Content-Length with it when the body was
-  encoded); an identity body keeps its Content-Length because masking keeps
-  byte length. If the masker or decoder fails mid-stream nothing more is sent
-  and both connections are reset, so the client sees an error, not a clean
-  truncated body;
-- an injected credential echoed in a body is starred in the same pass, buffered
-  or streamed (Credentials redacts it from headers);
-- websocket messages: server to client masked; client to server checked by
-  dlp.py and forwarded as sent to a card-data destination;
+  decoded incrementally within the same limits and masked by
+  masking.bodies.MaskStream (raw view while the body is plain ASCII, every
+  view in bounded windows from the first chunk that needs them). A decoded
+  body is sent without Content-Encoding and Content-Length; an identity body
+  keeps its Content-Length and the stream is cut if masking would change its
+  length. If masking or decoding fails mid-stream nothing more is sent and
+  both connections are reset (the flow records the code), so the client sees
+  an error, not a clean truncated body;
+- response trailers (HTTP/2), masked in `response`;
+- byte ranges: toward a card-data destination `Range`/`If-Range` are stripped
+  (settings.range: strip, the default) so the body is fetched, and masked,
+  whole; or refused (settings.range: refuse, 403 `range_refused`). A 206
+  from a card-data destination is refused (502 `partial_content`);
+- an injected credential echoed in a body, websocket message or control frame
+  is starred in the same pass in every echo form (credentials.forms; Credentials
+  redacts headers);
+- websocket messages and ping/pong/close payloads server to client, masked
+  (control frames have no mitmproxy hook: `control_filters` wraps the frame
+  writer); client to server checked by dlp;
 - at rest: once a request has been sent (response or error hook) its URL,
-  headers and body are masked in the flow, and so are websocket messages
-  already forwarded, so flow files and mitmweb keep only masked values.
+  headers, trailers and body are masked in the flow, and so are websocket
+  messages already forwarded and the close reason, so flow files and mitmweb
+  keep only masked values.
 
-Reveal (dlp.py): a revealed response body reaches the client unmasked by
+Reveal (dlp): a revealed response body reaches the client unmasked by
 streaming it, so the flow never stores it; headers stay masked.
 """
 
