@@ -14,6 +14,7 @@ from pangate.chain.datapath import chain
 from pangate.control.addon import Control
 from pangate.credentials.addon import Credentials
 from pangate.dlp.addon import Dlp
+from pangate.exchange.addon import Exchange
 from pangate.export.addon import Export
 from pangate.identity.addon import Identify, Revocations
 from pangate.masking.addon import ResponseMasking
@@ -30,6 +31,7 @@ addons = chain(
     store,
     revocations,
     Identify(store, revocations),
+    Exchange(store, revocations),  # off unless pangate_exchange_listen: SAML/OIDC in, pangate token out
     Authorize(store),
     AddressGuard(store),  # resolves only allowed destinations, pins the checked address
     Dlp(store),  # needs the decided destination; before any credential is added

@@ -28,6 +28,7 @@ COMMANDS = {
     "approver": "pangate.cli.approve",
     "revoke": "pangate.cli.revoke",
     "unrevoke": "pangate.cli.revoke",
+    "ca": "pangate.cli.ca",
 }
 
 

@@ -43,8 +43,11 @@ before c are emitted, and the next round starts at c with _CTX bytes of
 context. A PAN split across chunks (or across the cut) is therefore always
 found: it starts either before c, and was decided whole this round, or at or
 after c, and is still in _buf, with its context, next round. Scanning a run
-that straddles _base starts at the run's head inside the context, so group
-alignment of separated windows is the same as in the whole body.
+that straddles _base starts at the run's head inside the context (or, for a
+run longer than the context, at the start of _buf, mid-group but before
+_base, where no finding is taken); a window depends only on its own groups,
+gaps and two neighbouring bytes, so the windows starting at or after _base
+are the same as in the whole body.
 
 Memory: the unemitted tail is at most _LOOKAHEAD bytes plus one finding
 straddling the cut (~_CTX + _LOOKAHEAD + a finding in all). The only case
