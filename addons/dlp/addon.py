@@ -217,7 +217,7 @@ class Dlp(Component):
             try:
                 decoder = Decoder(hdrs.get("content-encoding", ""), self.limits)
             except DecodeError as e:
-                refuse(flow, 415, "unsupported", f"the request body {e}", e.code)
+                refuse(flow, 415, "unsupported", f"the request body cannot be decoded ({e.code})", e.code)
                 scrub_request(self.masker, flow)
                 return
             if decoder.stages:  # checked decoded, so it goes out decoded

@@ -151,7 +151,7 @@ class BodyStream:
         self.failed = True
         fc = FlowContext.of(self.flow)
         if code is not None:
-            reason = f"the response body could not be masked ({exc}); the stream was cut"
+            reason = f"the response body could not be masked ({code}); the stream was cut"
             log.warning("pangate masking stream cut (request_id=%s): %s", fc.request_id, code)
             fc.failed_hook = "ResponseMasking.stream"
             cut(self.flow, 502, code, reason)
@@ -338,7 +338,7 @@ class ResponseMasking(Component):
         try:
             decoder = Decoder(enc, self.limits)
         except DecodeError as e:
-            refuse(flow, 502, "gateway_error", str(e), e.code)  # drops the upstream body
+            refuse(flow, 502, "gateway_error", f"the response body cannot be decoded ({e.code})", e.code)
             del fc.reveal
             return
         resp.headers.pop("content-encoding", None)  # what goes out is decoded
@@ -400,9 +400,12 @@ class ResponseMasking(Component):
 
     @staticmethod
     def _unreadable(flow, e) -> None:
-        refuse(flow, 502, "gateway_error", f"the response body could not be masked: {e}; "
+        # The code, not the detail: a detail may quote what the upstream declared.
+        refuse(flow, 502, "gateway_error", f"the response body could not be masked ({e.code}); "
                "the response was not forwarded", e.code)
-        del FlowContext.of(flow).reveal
+        fc = FlowContext.of(flow)
+        fc.failed_hook = "ResponseMasking.response"
+        del fc.reveal
 
     @staticmethod
     def _masked(fc: FlowContext, count: int, echoed: bool) -> None:
