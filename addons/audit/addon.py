@@ -151,7 +151,7 @@ class Audit(Component):
                 raise exceptions.OptionsError(f"pangate audit: {e}") from None
             self.writer = writer
             self.healthy, self.problem = True, ""
-            events.subscribe(self._event)
+            events.subscribe(self._event, records=True)  # it also gets what was raised before it
 
     def _state_changed(self, healthy: bool, reason: str) -> None:
         """Called on the writer's thread: flip health now, report from the event loop."""

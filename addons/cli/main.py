@@ -29,6 +29,8 @@ COMMANDS = {
     "revoke": "pangate.cli.revoke",
     "unrevoke": "pangate.cli.revoke",
     "ca": "pangate.cli.ca",
+    "review": "pangate.cli.review",
+    "evidence": "pangate.cli.review",
 }
 
 
