@@ -248,6 +248,7 @@ class Policy:
     reveals: tuple[Reveal, ...] = ()
     masking: Masking = Masking()
     method_override: str = "refuse"  # settings.method_override: the default for destinations
+    range: str = "strip"  # settings.range: Range/If-Range toward card-data destinations, stripped or refused
     monitor: MonitorConfig = MONITOR_DEFAULT  # live detectors (pangate.monitor.config)
 
     def static_key_identities(self) -> list[Identity]:
@@ -274,7 +275,7 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         raise doc.error("version", "only version 1 is known")
     settings = doc.section("settings")
     p = Policy(path=path, digest=hashlib.sha256(text.encode()).hexdigest(),
-               masking=_masking(settings), method_override=_method_override(settings))
+               masking=_masking(settings), method_override=_method_override(settings), range=_range(settings))
     base = os.path.dirname(os.path.abspath(path)) if path != "<policy>" else os.getcwd()
     for name, s in doc.named("issuers"):
         p.issuers[name] = _issuer(name, s, base)
@@ -307,6 +308,13 @@ def _monitor(doc: Section, p: Policy) -> MonitorConfig:
 
 
 OVERRIDE_MODES = ("refuse", "honor")
+RANGE_MODES = ("strip", "refuse")
+
+
+def _range(s: Section | None) -> str:
+    """A byte range of a card-data body is masked alone: stripped (the whole body is fetched and masked)
+    or refused."""
+    return "strip" if s is None else s.str("range", "strip", RANGE_MODES)
 
 
 def _method_override(s: Section | None) -> str:
@@ -317,7 +325,7 @@ def _method_override(s: Section | None) -> str:
 def _masking(s: Section | None) -> Masking:
     if s is None:
         return Masking()
-    s.keys({"masking", "method_override"})
+    s.keys({"masking", "method_override", "range"})
     m = s.section("masking")
     if m is None:
         return Masking()
