@@ -29,7 +29,10 @@ from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_
 
 log = logging.getLogger("pangate")
 PROXY_AUTH = "Proxy-Authorization"
-CHALLENGE = 'Bearer realm="pangate", Basic realm="pangate"'
+# One Proxy-Authenticate header per scheme, Basic first: RFC 9110 allows a
+# comma-joined list, but Java's HttpClient (17) reads only the first scheme of
+# a header and gives up on anything but Basic, and curl/requests pick Basic too.
+CHALLENGES = ('Basic realm="pangate"', 'Bearer realm="pangate"')
 # client connection id -> Caller. Module-level so it outlives a reload of the
 # gateway script: open tunnels keep their (re-checked) identity.
 _BOUND: dict[str, "Caller"] = {}
@@ -188,7 +191,9 @@ class Identify(Component):
         self._refuse(flow, code, reason)
 
     def _refuse(self, flow, code: str, reason: str) -> None:
-        refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})
+        refuse(flow, 407, "proxy_auth_required", reason, code)
+        if flow.response is not None and flow.response.status_code == 407:
+            flow.response.headers.set_all("Proxy-Authenticate", list(CHALLENGES))
         events.emit("token_refused", code=code, reason=reason, request_id=FlowContext.of(flow).request_id,
                     client=_peer(flow))
 
