@@ -52,22 +52,12 @@ class Caller:
 
 
 def identity_for(policy: Policy, principal: Principal) -> str | None:
-    """Map verified claims to one policy identity, or None."""
+    """Map verified claims to one policy identity, or None (an index lookup, not a scan)."""
     if principal.static:
         ident = policy.identities.get(principal.subject)
         return ident.name if ident and ident.static_key_sha256 else None
-    for ident in policy.identities.values():
-        if ident.issuer != principal.issuer:
-            continue
-        issuer = policy.issuers[ident.issuer]
-        want_sub = ident.subject or (ident.name if issuer.type == "pangate" else None)
-        if want_sub is not None and principal.subject != want_sub:
-            continue
-        if want_sub is None and not ident.claims:
-            continue  # an identity must pin something, or every token of the issuer would match
-        if all(str(principal.claims.get(k)) == v for k, v in ident.claims):
-            return ident.name
-    return None
+    ident = policy.identity_index.match(principal.issuer, principal.subject, principal.claims)
+    return ident.name if ident else None
 
 
 def verifier_inputs(policy: Policy) -> tuple:
