@@ -72,10 +72,13 @@ class Probe:
 
     def one(self) -> float:
         t0 = time.monotonic()
-        r = self.s.get(self.url, timeout=60)
+        try:
+            r = self.s.get(self.url, timeout=60)
+            if r.status_code != 200:
+                self.failures.append(f"{r.status_code} {r.text[:200]}")
+        except Exception as e:  # recorded, and the loop goes on: a dead probe would prove nothing
+            self.failures.append(f"{type(e).__name__}: {e}")
         took = time.monotonic() - t0
-        if r.status_code != 200:
-            self.failures.append(f"{r.status_code} {r.text[:200]}")
         self.samples.append((t0, took))
         return took
 
@@ -143,18 +146,26 @@ def test_hostile_and_huge_policies_do_not_stop_traffic(gw, upstream, mint, token
     bound = max(5 * baseline, baseline + 0.25)
     for name, t0, t1 in windows:
         during = probe.between(t0, t1)
-        assert during, name
+        assert during, (name, t0, t1, probe.samples[-5:], probe.failures[-3:], windows)
         assert p99(during) <= bound, (name, p99(during), baseline, len(during), t1 - t0)
     for name, _, why in files:
-        rejected = [r for r in _records(gw, "policy_rejected") if why.split(" ")[0] in r["error"]]
-        assert rejected and rejected[0]["alert"] is True, name
+        deadline = time.monotonic() + 10
+        while not (rejected := [r for r in _records(gw, "policy_rejected", timeout=0) if why in r["error"]]):
+            assert time.monotonic() < deadline, f"no policy_rejected record for the {name} file"
+            time.sleep(0.05)
+        assert rejected[0]["alert"] is True and str(gw.policy_path) in rejected[0]["error"], name
     _write_atomically(gw.policy_path, base)
     gw.log.wait_for(r"pangate policy loaded", timeout=30)
 
 
 def test_a_half_written_policy_raises_no_false_alert(gw, upstream, mint, token_key):
     text = policy_text(token_key, upstream.port).replace("/public/**", "/public/**\", \"/half/**")
-    rejected_before = len(_records(gw, "policy_rejected", timeout=0))
+    good = policy_text(token_key, upstream.port) + "# rewritten\n"
+    _write_atomically(gw.policy_path, good)
+    digest = hashlib.sha256(good.encode()).hexdigest()
+    loaded = _records(gw, "policy_loaded", timeout=10, digest=digest)
+    assert loaded, "the good policy was not loaded"
+    since = loaded[-1]["seq"]  # rejections of earlier tests come before this record
     mark = gw.log.mark()
     cut = len(text) // 2
     with open(gw.policy_path, "w") as f:  # in place, as an editor or `cat >` writes it
@@ -168,7 +179,7 @@ def test_a_half_written_policy_raises_no_false_alert(gw, upstream, mint, token_k
     assert hashlib.sha256(text.encode()).hexdigest()[:16] in line
     time.sleep(0.3)  # a further poll would see nothing new; checked once more below
     assert "NOT reloaded" not in "\n".join(gw.log.lines[mark:])
-    assert len(_records(gw, "policy_rejected", timeout=0)) == rejected_before
+    assert not [r for r in _records(gw, "policy_rejected", timeout=0) if r["seq"] > since]
 
 
 def test_the_policy_in_force_at_start_is_recorded(start_gateway, token_key, upstream):
