@@ -11,7 +11,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from pangate.policy.decide import Request, path_triggers, query_triggers
+from pangate.policy.decide import Request, judged_method, path_triggers, query_triggers
 from pangate.policy.model import Approval, Policy
 
 UI_APPROVER = "mitmweb-ui"  # a plain mitmweb resume/kill: whoever had the UI, not a named person
@@ -25,14 +25,20 @@ def rule_for(policy: Policy, req: Request, destination: str | None) -> Approval 
     """The first approval rule (in file order) this allowed request falls under, or None."""
     ident = policy.identities.get(req.identity)
     roles = set(ident.roles) if ident else set()
+    # A destination that honors method overrides is asked for the overridden method: trigger on that.
+    dest = policy.destinations.get(destination) if destination else None
+    method = req.method
+    if dest is not None:
+        judged, problem = judged_method(policy, req, [dest])
+        method = judged if problem is None else req.method
     for rule in policy.approvals.values():
         if rule.identities or rule.roles:
             if req.identity not in rule.identities and not roles & set(rule.roles):
                 continue
         if rule.destination and rule.destination != destination:
             continue
-        if (req.method in rule.methods and any(path_triggers(p, req.path) for p in rule.paths)
-                and query_triggers(rule.query, req.query)):
+        if (method in rule.methods and any(path_triggers(p, req.path) for p in rule.paths)
+                and query_triggers(rule.query, req)):
             return rule
     return None
 

@@ -10,11 +10,30 @@ from mitmproxy import connection
 
 from pangate.authorize.address import Refused, checked_address, is_ip_literal, resolve
 from pangate.common import events
+from pangate.masking.decoders import DecodeError, Limits, decode
 from pangate.policy.decide import Decision, Request, decide, decide_connect, destinations_for
 from pangate.chain.context import FlowContext, is_refused, refuse
 from pangate.chain.failsafe import Component
 
 log = logging.getLogger("pangate")
+
+
+# Bodies decide() reads for `_method` and body fields; bigger or unreadable ones are judged without.
+BODY_FACTS_LIMIT = Limits(max_bytes=8 << 20, max_ratio=1000.0)
+
+
+def _body_facts(req) -> bytes | None:
+    """The request body as the backend will read it, decoded within bounds; None if not (yet) known."""
+    raw = req.raw_content
+    if raw is None:
+        return None
+    enc = req.headers.get("content-encoding", "")
+    if not enc.strip() or enc.strip().lower() == "identity":
+        return raw
+    try:
+        return decode(raw, enc, BODY_FACTS_LIMIT)
+    except DecodeError:
+        return None  # DLP refuses what cannot be decoded; the decision goes on without body fields
 
 
 def request_facts(flow, identity: str) -> Request:
@@ -33,6 +52,10 @@ def request_facts(flow, identity: str) -> Request:
         query=tuple(parse_qsl(query, keep_blank_values=True)),
         host_header=req.host_header,
         sni=flow.client_conn.sni,
+        raw_query=query,  # `;` as a separator and every spelling of a name are judged from the raw form
+        headers=tuple(req.headers.items(multi=True)),  # method-override headers are refused or judged
+        content_type=req.headers.get("content-type"),
+        body=_body_facts(req),  # `_method` and form/JSON fields count as parameters
     )
 
 

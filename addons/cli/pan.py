@@ -18,7 +18,7 @@ import os
 import sys
 
 from pangate.cli.progress import Progress
-from pangate.pan.engine import MODES, Masker, url_view
+from pangate.pan.engine import MODES, Masker, masker_from, url_view
 
 CHUNK = 1 << 20
 
@@ -57,13 +57,7 @@ def build_masker(args, sad: bool = True) -> Masker:
         mode, key_env = policy.masking.mode, policy.masking.hmac_key_env
     mode = args.mode or mode
     key_env = args.hmac_key_env or key_env
-    key = None
-    if mode == "hmac":
-        if not key_env or not os.environ.get(key_env):
-            raise ValueError(f"mode hmac needs the key in an environment variable (--hmac-key-env; "
-                             f"{'$' + key_env + ' is not set' if key_env else 'none given'})")
-        key = os.environ[key_env].encode()
-    return Masker(mode=mode, hmac_key=key, sad=sad)
+    return masker_from(mode, key_env, os.environ, sad=sad)  # the gateway's factory: same checks
 
 
 def _fail(msg: str) -> int:

@@ -42,7 +42,7 @@ from pangate.chain.context import DropUpstreamBody, FlowContext, is_refused, ref
 from pangate.chain.failsafe import Component, safe_traceback
 from pangate.chain.scrub import rewrite_body, rewrite_headers
 from pangate.chain.wire import abort_connections, may_stream
-from pangate.pan.engine import Masker
+from pangate.pan.engine import Masker, masker_from
 from pangate.policy.model import Policy
 
 log = logging.getLogger("pangate")
@@ -52,13 +52,7 @@ _STEP = 1 << 20
 
 def masker_for(policy: Policy) -> Masker:
     """The gateway's masker for a policy's `settings.masking` (also used by `pangate mask`)."""
-    m = policy.masking
-    key = None
-    if m.mode == "hmac":
-        key = os.environ.get(m.hmac_key_env or "", "").encode()
-        if not key:
-            raise ValueError(f"masking mode hmac needs the key in ${m.hmac_key_env}")
-    return Masker(mode=m.mode, hmac_key=key)
+    return masker_from(policy.masking.mode, policy.masking.hmac_key_env, os.environ)
 
 
 # ---- incremental Content-Encoding decoders ------------------------------------------

@@ -1,41 +1,115 @@
 """PAN and SAD detection/masking engine (plain Python, no mitmproxy import).
 
-The rules live in two modules: panscan.py (finding card numbers: prefilter,
+The rules live in two modules: scan.py (finding card numbers: prefilter,
 run classification, separator windows, Luhn, boundary rule, IIN table) and
-pansad.py (SAD fields and track data). This module masks what they find:
-Masker (one buffer), StreamMasker (chunks), URLs, and the small helpers the
-addons use (find_pans, contains_pan, ...).
+sad.py (SAD fields and track data); kinds.py names what a finding is. This
+module masks what they find: Masker (one buffer), StreamMasker (chunks),
+URLs, the factory every caller builds its masker with (masker_from), and the
+small helpers the addons use (find_pans, contains_pan, ...). views.py checks
+the decoded views of a body (charsets, escapes) with the same Masker.
 
 Everything masks in place with the same byte length, which is what lets the
 StreamMasker emit output as soon as it is sure nothing can still change it.
+
+Stream-window invariant (StreamMasker)
+--------------------------------------
+Claim: for any split of a body into chunks, the concatenated output of
+feed()...flush() and the final count equal Masker.mask(body).
+
+It rests on locality: whether a finding exists, and where it starts, is
+decided by bytes at most _CTX before its start and at most _LOOKAHEAD after
+it. _LOOKAHEAD (256) is checked at import against the rules' own bounds:
+scan.MAX_READ (a PAN window of at most 19 digits with gaps of up to
+scan.MAX_GAP separator characters, plus the bytes the boundary rule reads
+after it: 75) and sad.MAX_READ (a 48-byte SAD key, the key/value glue and
+the first value byte: 88; track data up to its expiry date). A finding that
+runs on further (a SAD value of up to 128 escaped characters, track
+discretionary data) and is cut short by the end of the buffer reaches that
+end, so it straddles the cut below and is decided again, whole, next round.
+_CTX covers the boundary rule (2 bytes back), the SAD key walk-back (48
+bytes) and a track finding starting 2 bytes before its PAN.
+
+State carried across feed() calls, and nothing else:
+  * _buf: the bytes not emitted yet, preceded by at most _CTX bytes already
+    emitted, which are read-only context (never rewritten, never re-counted);
+  * _base: where the unemitted bytes start in _buf;
+  * count (and the on_pan callback, which only observes).
+
+Each round scans _buf for findings starting in [_base, limit), limit =
+len(_buf) - _LOOKAHEAD, so every such finding was decided on all the bytes
+it depends on. The cut c starts at limit and moves left out of any finding
+that straddles it, so no finding is ever split between two outputs; bytes
+before c are emitted, and the next round starts at c with _CTX bytes of
+context. A PAN split across chunks (or across the cut) is therefore always
+found: it starts either before c, and was decided whole this round, or at or
+after c, and is still in _buf, with its context, next round. Scanning a run
+that straddles _base starts at the run's head inside the context (or, for a
+run longer than the context, at the start of _buf, mid-group but before
+_base, where no finding is taken); a window depends only on its own groups,
+gaps and two neighbouring bytes, so the windows starting at or after _base
+are the same as in the whole body.
+
+Memory: the unemitted tail is at most _LOOKAHEAD bytes plus one finding
+straddling the cut (~_CTX + _LOOKAHEAD + a finding in all). The only case
+where equality can break is a chain of overlapping findings longer than
+_MAX_PENDING (64 KiB), which is cut anyway so memory stays bounded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac as _hmac
+import os
 import re
 from dataclasses import dataclass
 
 from pangate.pan.iin import lookup as _lookup
-from pangate.pan.sad import SAD_NAMES  # noqa: F401  (re-exported: part of this module's surface)
-from pangate.pan.scan import Scanner, has_run as _has_run, luhn as _luhn
+from pangate.pan.kinds import PAN_KINDS
+from pangate.pan.sad import MAX_READ as _SAD_READ, SAD_NAMES  # noqa: F401  (SAD_NAMES re-exported)
+from pangate.pan.scan import MAX_READ as _PAN_READ, Scanner, has_run as _has_run, luhn as _luhn
 
 __all__ = [
     "Masker", "StreamMasker", "PanMatch", "find_pans", "contains_pan",
-    "url_contains_pan", "url_view", "luhn_ok", "brand_of", "MODES",
+    "url_contains_pan", "url_view", "luhn_ok", "brand_of", "MODES", "masker_from",
 ]
 
+# The mask modes, one list for the engine, the policy schema and the CLI.
 MODES = ("bin6last4", "last4", "hmac")
 
 _DIG = b"0123456789"
 _STAR = bytes.maketrans(_DIG, b"*" * 10)
 
-# Streaming: every finding is decided by at most _CTX bytes before its start
-# and ends (with the bytes its rules look at) within _LOOKAHEAD bytes of it.
+# Streaming (see "Stream-window invariant" above): every finding is decided by
+# at most _CTX bytes before its start and ends, with the bytes its rules look
+# at, within _LOOKAHEAD bytes of it.
 _CTX = 64
 _LOOKAHEAD = 256
+assert _LOOKAHEAD >= max(_PAN_READ, _SAD_READ)
 _MAX_PENDING = 1 << 16
+
+
+def masker_from(mode: str = "bin6last4", hmac_key_env: str | None = None, environ=None, *,
+                sad: bool = True, strict_brand: bool = False) -> "Masker":
+    """The one way callers build a Masker from settings (policy `settings.masking`,
+    command-line overrides): mode, and for mode hmac the name of the environment
+    variable holding the key, read from environ (default os.environ).
+
+    Raises ValueError naming what is missing, so the gateway refuses to start
+    and the CLI exits 2, instead of masking with a wrong or empty key.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; expected one of {', '.join(MODES)}")
+    key = None
+    if mode == "hmac":
+        env = os.environ if environ is None else environ
+        value = env.get(hmac_key_env) if hmac_key_env else None
+        if not value:
+            raise ValueError("masking mode hmac needs the key in an environment variable "
+                             + (f"(${hmac_key_env} is not set)" if hmac_key_env else "(none named)"))
+        key = value.encode()
+        if len(key) < 16:
+            raise ValueError(f"masking mode hmac needs a key of at least 16 bytes in ${hmac_key_env}")
+    return Masker(mode=mode, hmac_key=key, sad=sad, strict_brand=strict_brand)
 
 
 def luhn_ok(digits: bytes | str) -> bool:
@@ -77,7 +151,8 @@ class Masker:
     while the key keeps it from being a brute-forceable plain hash.
     """
 
-    def __init__(self, mode: str = "bin6last4", hmac_key: bytes | None = None, sad: bool = True):
+    def __init__(self, mode: str = "bin6last4", hmac_key: bytes | None = None, sad: bool = True,
+                 strict_brand: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown mask mode {mode!r}; expected one of {MODES}")
         if mode == "hmac" and (not hmac_key or len(hmac_key) < 16):
@@ -85,7 +160,8 @@ class Masker:
         self.mode = mode
         self.sad = sad
         self._key = bytes(hmac_key) if hmac_key else None
-        self._scan = Scanner(mode == "bin6last4", sad).scan
+        self.strict_brand = strict_brand
+        self._scan = Scanner(mode == "bin6last4", sad, strict_brand=strict_brand).scan
 
     # ---- public API -------------------------------------------------
     def mask(self, data: bytes) -> tuple[bytes, int]:
@@ -134,10 +210,10 @@ class Masker:
         out, last, zc, hmac_mode = [], base, 0, self.mode == "hmac"
         for s, e, ms, me, kind, info in finds:
             if ms < last:
-                count += sum(1 for f in finds if f[4] == "z" and buf[f[2]:f[3]].strip(b"*"))
+                count += sum(1 for f in finds if f[4] not in PAN_KINDS and buf[f[2]:f[3]].strip(b"*"))
                 return self._apply_overlapping(buf, base, c, finds), count
             out.append(buf[last:ms])
-            if kind == "p":
+            if kind in PAN_KINDS:
                 out.append(self._token(buf[ms:me], info[1]) if hmac_mode else buf[ms:me].translate(_STAR))
             else:
                 if buf[ms:me].strip(b"*"):
@@ -150,14 +226,14 @@ class Masker:
     def _apply_overlapping(self, buf: bytes, base: int, c: int, finds) -> bytes:
         out = bytearray(buf[base:c])
         for s, e, ms, me, kind, info in finds:
-            if kind != "p":
+            if kind not in PAN_KINDS:
                 continue
             if self.mode == "hmac":
                 out[ms - base:me - base] = self._token(buf[ms:me], info[1])
             else:
                 out[ms - base:me - base] = buf[ms:me].translate(_STAR)
         for s, e, ms, me, kind, info in finds:
-            if kind == "z":
+            if kind not in PAN_KINDS:
                 out[ms - base:me - base] = b"*" * (me - ms)
         return bytes(out)
 
@@ -178,7 +254,7 @@ _TOKEN_ALPHABET = b"abcdefABCDEF"
 def _counted(finds) -> list[tuple]:
     """The PAN findings that count as one card each: overlapping windows of
     one digit run count once, and a PAN inside track data counts as the track."""
-    zspans = [(f[0], f[1]) for f in finds if f[4] == "z"]
+    zspans = [(f[0], f[1]) for f in finds if f[4] not in PAN_KINDS]
     out, last_end = [], -1
     if not zspans:  # the common case, PANs only
         for f in finds:
@@ -188,7 +264,7 @@ def _counted(finds) -> list[tuple]:
         return out
     for f in finds:
         s, e = f[0], f[1]
-        if f[4] == "p" and s >= last_end and not any(zs <= s and e <= ze for zs, ze in zspans):
+        if f[4] in PAN_KINDS and s >= last_end and not any(zs <= s and e <= ze for zs, ze in zspans):
             out.append(f)
             last_end = e
     return out
@@ -253,8 +329,8 @@ class StreamMasker:
 
     def _report(self, out: bytes, base: int, finds) -> None:
         if self._on_pan is not None and finds:
-            # PANs, and track data (a "z" span that names its card brand)
-            for f in sorted(_counted(finds) + [f for f in finds if f[4] == "z" and f[5]]):
+            # PANs, and track data (a SAD span that names its card brand)
+            for f in sorted(_counted(finds) + [f for f in finds if f[4] not in PAN_KINDS and f[5]]):
                 self._on_pan(out, f[0] - base, f[1] - base, f[5][0])
 
 
@@ -287,7 +363,7 @@ def find_pans(data: bytes) -> list[PanMatch]:
         data = data.encode("utf-8", "surrogatepass")
     out = []
     for s, e, ms, me, kind, info in _PLAIN._scan(data, 0, len(data)):
-        if kind == "p":
+        if kind in PAN_KINDS:
             masked = data[s:ms] + data[ms:me].translate(_STAR) + data[me:e]
             out.append(PanMatch(s, e, info[0], masked.decode("ascii"), len(info[1])))
     return out
@@ -299,7 +375,7 @@ def contains_pan(data: bytes) -> bool:
         data = data.encode("utf-8", "surrogatepass")
     if not _has_run(data):
         return False
-    return any(f[4] == "p" for f in _PLAIN._scan(data, 0, len(data)))
+    return any(f[4] in PAN_KINDS for f in _PLAIN._scan(data, 0, len(data)))
 
 
 def url_contains_pan(url: str) -> bool:

@@ -14,6 +14,29 @@ each prefix to the lengths its brand actually issues removes most of those
 (e.g. UATP starts with 1 but is only 15 digits, so 13-digit ms timestamps
 never match; IMEIs are 15 digits and only Amex (34/37) and UATP issue 15).
 
+Unknown brands (decision): the table is never complete (regional schemes,
+legacy and newly issued ranges), and a PCI gateway that misses a live range
+leaks cards. So a Luhn-valid number of 13, 14 or 16-19 digits whose first
+digit is 2-6 (ISO/IEC 7812 major industry identifiers for banking and
+financial cards) is a PAN even when no row names it: finding kind
+PAN_UNKNOWN_BRAND, brand "unknown" (see unknown_brand()). Masker(strict_brand
+=True) turns this off. What stays out, and why:
+  * first digit 0, 1, 7, 8, 9: not payment MIIs; 13-digit millisecond and
+    16/19-digit micro/nanosecond timestamps start with 1 until 2033/2286;
+  * 15 digits: IMEIs are 15 Luhn-valid digits whose reporting body (35, 44,
+    49, 86, ...) often starts with 2-6; the only 15-digit brand in use, Amex,
+    has its own rows;
+  * 12 digits and fewer, 20 and more: no scheme issues them (Maestro's 12 has
+    its rows);
+  * 20/21 followed by a valid YYMMDD: compact dates and date-stamped ids
+    (20241128132000, 2024112800012345) are everywhere in API traffic, and no
+    scheme issues 20xx/21xx;
+  * Luhn-invalid numbers, and everything the boundary rule rejects (glued,
+    decimal, UUID-like, E.164), exactly as for known brands.
+This keeps the false-positive families of the test corpus untouched; its
+cost is that a Luhn-valid order id or account number of a payment-looking
+shape is masked, which is the side a gateway should err on.
+
 Entries are (brand, first_prefix, last_prefix, lengths). Prefixes are inclusive
 and may have different lengths from each other across rows; they are padded to
 8 digits for comparison ("622126" -> "62212600".."62292599" etc.).
@@ -42,6 +65,18 @@ IIN_TABLE: list[tuple[str, str, str, tuple[int, ...]]] = [
     ("diners",         "3095",    "3095",    tuple(R(14, 20))),
     ("diners",         "38",      "39",      tuple(R(14, 20))),
     ("jcb",            "3528",    "3589",    tuple(R(16, 20))),
+    # JCB's legacy ranges and siblings, still issued (Japan domestic,
+    # co-branded): 3088-3094, 3096-3102, 3112-3120, 3158-3159, 3337-3349.
+    ("jcb",            "3088",    "3094",    tuple(R(16, 20))),
+    ("jcb",            "3096",    "3102",    tuple(R(16, 20))),
+    ("jcb",            "3112",    "3120",    tuple(R(16, 20))),
+    ("jcb",            "3158",    "3159",    tuple(R(16, 20))),
+    ("jcb",            "3337",    "3349",    tuple(R(16, 20))),
+    # China T-Union (transit): 31, 19 digits (after JCB 3112-3120 and 3158-3159).
+    ("tunion",         "31",      "31",      (19,)),
+    # Hipercard (Brazil): 606282 and 3841x, 13/16/19 (before RuPay 60, Diners 38).
+    ("hipercard",      "606282",  "606282",  (13, 16, 19)),
+    ("hipercard",      "3841",    "3841",    (13, 16, 19)),
     ("unionpay",       "62",      "62",      tuple(R(16, 20))),
     ("unionpay",       "81",      "81",      tuple(R(16, 20))),
     # Verve (Nigeria): 16, 18, 19.
@@ -59,6 +94,16 @@ IIN_TABLE: list[tuple[str, str, str, tuple[int, ...]]] = [
     ("maestro",        "6761",    "6763",    tuple(R(12, 20))),
     ("maestro",        "676770",  "676770",  tuple(R(12, 20))),
     ("maestro",        "676774",  "676774",  tuple(R(12, 20))),
+    # Bancontact (Belgium, Maestro co-badged) 6703, and the rest of 67xx in
+    # live use by Maestro and its predecessors (Laser 6706/6709/6771, Solo
+    # 6767): the whole 6700-6799 block, at the 16-19 digits these issue (the
+    # rows above keep Maestro's 12-15 for the ranges known to use them: a
+    # 12-digit id starting 67 is far likelier than such a card). Solo/Switch
+    # 6333-6334, 633110.
+    ("bancontact",     "6703",    "6703",    tuple(R(16, 20))),
+    ("maestro",        "67",      "67",      tuple(R(16, 20))),
+    ("maestro",        "6333",    "6334",    (16, 18, 19)),
+    ("maestro",        "633110",  "633110",  (16, 18, 19)),
     ("mir",            "2200",    "2204",    tuple(R(16, 20))),
     ("uatp",           "1",       "1",       (15,)),
     # RuPay (India): 60, 65, 81, 82, 508, 353, 356; 16 digits.
@@ -77,6 +122,7 @@ IIN_TABLE: list[tuple[str, str, str, tuple[int, ...]]] = [
     ("humo",           "9860",    "9860",    (16,)),
     ("uzcard",         "8600",    "8600",    (16,)),
     ("uzcard",         "5614",    "5614",    (16,)),
+    ("dinacard",       "9891",    "9891",    (16,)),
 ]
 
 
@@ -128,3 +174,20 @@ LENGTHS_BY_PREFIX2: dict[bytes, int] = {
 for _k, _rows in IIN_INDEX.items():
     for _lo, _hi, _mask, _brand in _rows:
         LENGTHS_BY_PREFIX2[_k] |= _mask
+
+
+# Unknown-brand rule (module docstring): lengths as a bitmask, and the test.
+UNKNOWN_BRAND_LENGTHS = sum(1 << n for n in (13, 14, 16, 17, 18, 19))
+
+
+def unknown_brand(digits: bytes) -> bool:
+    """True if a Luhn-valid number that no row names is still masked as a PAN
+    (Luhn is the caller's check): payment MII 2-6, 13/14/16-19 digits, not
+    20/21 + a valid YYMMDD date."""
+    if not (UNKNOWN_BRAND_LENGTHS >> len(digits)) & 1 or not 50 <= digits[0] <= 54:
+        return False
+    if digits[:2] in (b"20", b"21"):
+        mm, dd = int(digits[4:6]), int(digits[6:8])
+        if 1 <= mm <= 12 and 1 <= dd <= 31:
+            return False
+    return True

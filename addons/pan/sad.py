@@ -1,5 +1,5 @@
 """SAD (sensitive authentication data) and magnetic-stripe track data rules
-of the PAN engine (see pan.py for the overview). Pure functions on bytes.
+of the PAN engine (see engine.py for the overview). Pure functions on bytes.
 
 SAD is found by searching the case-folded scan string (panscan._PRE)
 for a few anchors (cvv, cvc, cid, csc, pin, track, security), taking the whole
@@ -8,8 +8,10 @@ words against SAD_NAMES, then masking the value that follows (JSON, form,
 text ``name: value``, XML element). Track data is recognised from the PAN run
 it contains (``%B`` + PAN + ``^`` or ``;`` + PAN + ``=``).
 
-A finding is (start, end, mask_start, mask_end, "z", info): the span
-mask_start:mask_end is starred; info names the card brand for track data.
+A finding is (start, end, mask_start, mask_end, kind, info) with kind one
+of kinds.CVC, PIN, TRACK_FIELD (a SAD field's value, info None) or TRACK1,
+TRACK2 (track data, info = (brand label, None)): the span mask_start:mask_end
+is starred.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import re
 
 from pangate.pan.iin import lookup as _lookup
+from pangate.pan.kinds import CVC, PIN, TRACK1, TRACK2, TRACK_FIELD
 
 # Byte classes shared with the PAN boundary rule: a letter, digit or "*"
 # next to a word means it is glued to something else.
@@ -34,11 +37,12 @@ _DIGITS = re.compile(rb"[0-9]*").match
 
 # SAD field names, normalised: camelCase/snake/kebab words, lower-cased,
 # joined; matched against the last 1-3 words of an identifier.
-SAD_NAMES = frozenset({
-    b"cvv", b"cvc", b"cvv2", b"cvc2", b"cid", b"csc", b"securitycode",
-    b"track1", b"track2", b"trackdata", b"track1data", b"track2data",
-    b"pin", b"pinblock",
-})
+SAD_KIND_OF = {
+    **dict.fromkeys((b"cvv", b"cvc", b"cvv2", b"cvc2", b"cid", b"csc", b"securitycode"), CVC),
+    **dict.fromkeys((b"track1", b"track2", b"trackdata", b"track1data", b"track2data"), TRACK_FIELD),
+    **dict.fromkeys((b"pin", b"pinblock"), PIN),
+}
+SAD_NAMES = frozenset(SAD_KIND_OF)
 _LOWER_DIGIT = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789")
 _UPPER = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _ANCHORS = (b"cvv", b"cvc", b"cid", b"csc", b"pin", b"track", b"security")
@@ -65,6 +69,15 @@ _KV_VAL = re.compile(
     rb"""(?:["'\]]|%%5[Dd])?[ \t]{0,8}[:=][ \t]{0,8}(?:\r?\n[ \t]{0,16})?"""
     rb"""(?:"((?:[^"\\\r\n]|\\.){0,%d})|'([^'\r\n]{0,%d})|([^\s,;&"'<>{}()\[\]]{1,%d}))"""
     % (_MAXVAL, _MAXVAL, _MAXVAL))
+# How far past its start a SAD or track finding's rules must read before the
+# finding is known to exist (the stream masker's look-ahead is built on it):
+# key (48) + `"]`-ish closer (3) + blanks, `:`/`=`, blanks (17) + newline and
+# indentation (18) + quote and first value byte (2); XML: 48 + 34 + 1; track
+# 1 up to its expiry (%B, 19 digits, ^, 26, ^, 4): 53. The value itself may
+# run on (up to 128 characters, 256 bytes escaped): a match cut short by the
+# end of the buffer reaches that end, so it straddles the stream's cut and is
+# decided again, whole, in the next round.
+MAX_READ = max(_MAXKEY + 3 + 17 + 18 + 2, _MAXKEY + 34 + 1, 53)
 _XML_VAL = re.compile(rb"(?:[ \t\r\n][^<>]{0,32})?>([^<]{1,%d})" % _MAXVAL)
 _LITERALS = (b"null", b"true", b"false")
 
@@ -82,13 +95,21 @@ def track_at(buf: bytes, s: int, base: int, stop: int):
         return None
     ms, me = m.start() + 1, m.end() - (buf[m.end() - 1] == 63)
     brand = _lookup(_DIGITS(buf, s).group())
-    return (m.start(), m.end(), ms, me, "z", ((brand or "card") + (" track2" if c == 59 else " track1"), None))
+    kind = TRACK2 if c == 59 else TRACK1
+    return (m.start(), m.end(), ms, me, kind, ((brand or "card") + " " + kind, None))
+
+
+def sad_kind(key: bytes) -> str | None:
+    """The SAD kind an identifier names (its last 1-3 words), or None."""
+    words = [w.lower() for w in _WORDS.findall(key)[-3:]]
+    if not words:
+        return None
+    get = SAD_KIND_OF.get
+    return get(words[-1]) or get(b"".join(words[-2:])) or get(b"".join(words))
 
 
 def key_is_sad(key: bytes) -> bool:
-    words = [w.lower() for w in _WORDS.findall(key)[-3:]]
-    return bool(words) and (words[-1] in SAD_NAMES or b"".join(words[-2:]) in SAD_NAMES
-                            or b"".join(words) in SAD_NAMES)
+    return sad_kind(key) is not None
 
 
 def scan_sad(buf: bytes, u: bytes, off: int, base: int, stop: int, finds: list,
@@ -131,7 +152,8 @@ def _sad_at(buf, p, alen):
     # Raw form body "card%5Bcvc%5D=1": the identifier run is "5Bcvc".
     if buf[ks:ks + 2] in (b"5B", b"5b") and ks and buf[ks - 1] == 37:
         ks += 2
-    if not key_is_sad(buf[ks:ke]):
+    kind = sad_kind(buf[ks:ke])
+    if kind is None:
         return None
     if ks and (buf[ks - 1] == 60 or (buf[ks - 1] == 58 and _xml_ns_open(buf, ks - 1))):
         m = _XML_VAL.match(buf, ke)
@@ -148,7 +170,7 @@ def _sad_at(buf, p, alen):
             return None
     if ve <= vs:
         return None
-    return (ks, m.end(), vs, ve, "z", None)
+    return (ks, m.end(), vs, ve, kind, None)
 
 
 def _xml_ns_open(buf: bytes, colon: int) -> bool:

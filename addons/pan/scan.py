@@ -2,7 +2,7 @@
 
 Detection rules, in the order they are applied (cheapest first):
 
-1. Prefilter: translate every byte to b"\\0" (digit, space, dash), a folded
+1. Prefilter: translate every byte to b"\\0" (digit or separator), a folded
    letter (for the SAD anchors) or b"1", and ``find`` twelve b"\\0" in a row.
    ``translate`` and ``find`` run in C at memory speed, so only the long runs
    of digits/separators reach Python.
@@ -12,13 +12,27 @@ Detection rules, in the order they are applied (cheapest first):
    contiguous run that fits none (13-digit ms timestamps, 16-digit us ones,
    order ids) and a run with fewer than 12 digits (phone numbers, dates,
    indentation) are dropped without any further Python.
-3. Anything else is a run with separators: digit *groups* separated by one
-   space or dash form windows that start and end on group boundaries and
-   have 12-19 digits, so a candidate is never a slice of a longer digit run.
-   Every fitting window is checked, so "12 4111 1111 1111 1111" still finds
-   the card. The windows of a group layout (e.g. 4-4-4-4) are computed once.
-4. Luhn, then the boundary rule, then the IIN table (issuers.py: brand,
-   prefix range, allowed lengths).
+3. Anything else is a run with separators: digit *groups* separated by
+   gaps of 1 to MAX_GAP (3) separator bytes form windows that start and end
+   on group boundaries and have 12-19 digits, so a candidate is never a
+   slice of a longer digit run. Every fitting window is checked, so
+   "12 4111 1111 1111 1111" still finds the card. A longer gap splits the
+   run. The windows of a run shape (e.g. 4-4-4-4) are computed once.
+4. Luhn, then the boundary rule, then the IIN table (iin.py: brand, prefix
+   range, allowed lengths), then the unknown-brand rule (iin.py docstring):
+   a Luhn-valid number with a payment MII that no row names is still a PAN
+   (kind PAN_UNKNOWN_BRAND) unless the scanner is strict_brand.
+
+Separators (SEPS): space, ``-``, ``.``, ``_``, ``/``, tab, CR, LF; so
+``4111.1111.1111.1111``, ``4111 - 1111 - ...``, ``4111  1111 ...`` (double
+space) and a PAN broken over lines are one window. views.py folds Unicode
+spaces, dashes, NBSP, zero-width and soft-hyphen characters (and escaped
+separators: ``&nbsp;``, ``\\t``, ``%20``, ...) to these bytes, so every view
+gets the same separator rule. Two rules keep numbers that are not card
+layouts out: a window with a ``.`` gap must have only single-``.`` gaps and
+at least two of them (a decimal ``4234567.890123`` is not a 13-digit PAN, a
+dotted PAN has 2 or 3 dots), and a window with a line break needs at least
+two gaps (two numbers on consecutive lines are not one PAN).
 
 Boundary rule: a candidate touching a letter, digit or ``*`` is glued to
 something else (``a4111...``, a hex id, an already masked value); ``.`` next
@@ -30,18 +44,17 @@ can never be read as a new PAN; masking is idempotent by construction. The
 price is that a PAN directly wrapped in asterisks (markdown ``**4111...**``)
 is not detected.
 
-A finding is (start, end, mask_start, mask_end, kind, info): kind "p" is a
-PAN window (info = (brand, digits)), "z" a span to be fully starred (SAD
-value, track data; see pansad.py).
+A finding is (start, end, mask_start, mask_end, kind, info) with kind from
+kinds.py: PAN (info = (brand, digits)), or a SAD kind whose span
+mask_start:mask_end is fully starred (SAD value, track data; see sad.py).
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
-from itertools import accumulate
 
-from pangate.pan.iin import LENGTHS_BY_PREFIX2 as _LEN2, lookup as _lookup
+from pangate.pan.iin import LENGTHS_BY_PREFIX2 as _LEN2, UNKNOWN_BRAND_LENGTHS, lookup as _lookup, unknown_brand
+from pangate.pan.kinds import PAN, PAN_UNKNOWN_BRAND, TRACK2
 from pangate.pan.sad import GLUE, MAXKEY, SIG, TRACK2_EQ, TRACK_LEAD, scan_sad, track_at
 
 _HEXGLUE = frozenset(b"0123456789ABCDEFabcdef*")
@@ -54,19 +67,22 @@ _DBL = bytes.maketrans(b"0123456789", b"0246813579")  # Luhn: doubled digit, dig
 # 0x00 rather than "0": bytes.find skips ahead using a 64-bit bloom of
 # (byte & 63), and "0" (48) collides with "p" (112), which made every digit
 # stall the search for the "pin" anchor.
-_PRE = bytes(0 if (48 <= b <= 57 or b in b" -") else SIG[b] if chr(b).isalpha() and b < 128
+SEPS = b" -._/\t\r\n"
+_SEPCLASS = rb"[ \-._/\t\r\n]"  # SEPS as a regex class
+_PRE = bytes(0 if (48 <= b <= 57 or b in SEPS) else SIG[b] if chr(b).isalpha() and b < 128
              else 49 for b in range(256))
 _Z12 = b"\0" * 12
-_RUNCH = frozenset(b"0123456789 -")
+_RUNCH = frozenset(b"0123456789" + SEPS)
+_NOT_RUNCH = re.compile(rb"[^0-9 \-._/\t\r\n]")
 
 
-def _issued_alternation() -> bytes:
+def _issued_alternation(len2: dict) -> bytes:
     """Regex matching exactly the digit strings whose first two digits and
     length fit LENGTHS_BY_PREFIX2 (built from the IIN table, so a new row can
     never be missed by the fast path). Branches on the first digit, so a
     timestamp starting with "1" tries one short branch, not the whole table."""
     by_first: dict[str, dict[int, list[str]]] = {}
-    for k, mask in _LEN2.items():
+    for k, mask in len2.items():
         k = k.decode()
         by_first.setdefault(k[0], {}).setdefault(mask, []).append(k[1])
     alts = []
@@ -92,16 +108,40 @@ def _issued_alternation() -> bytes:
 # rules whatever its length). No group = nothing to do (contiguous run that no
 # brand issues, or fewer than 12 digits). "s" = a run with separators inside
 # and >= 12 digits (leading separators skipped, trailing ones included).
-_RUN = re.compile(
-    rb"[ -]*+(?:(?P<c>" + _issued_alternation() + rb")[ -]*+(?![0-9 -])"
-    rb"|(?<![;Bb])[0-9]++[ -]*+(?![0-9 -])"
-    rb"|(?P<t>[0-9]++)[ -]*+(?![0-9 -])"
-    rb"|(?!(?:[ -]*+[0-9]){12})[0-9 -]*+"
-    rb"|(?P<s>[0-9][0-9 -]*+))").match
+def _run_regex(len2: dict):
+    S, R = _SEPCLASS, rb"[0-9 \-._/\t\r\n]"
+    return re.compile(
+        S + rb"*+(?:(?P<c>" + _issued_alternation(len2) + rb")" + S + rb"*+(?!" + R + rb")"
+        rb"|(?<![;Bb])[0-9]++" + S + rb"*+(?!" + R + rb")"
+        rb"|(?P<t>[0-9]++)" + S + rb"*+(?!" + R + rb")"
+        rb"|(?!(?:" + S + rb"*+[0-9]){12})" + R + rb"*+"
+        rb"|(?P<s>[0-9]" + R + rb"*+))").match
 
-_SHAPE = bytes.maketrans(b"0123456789-", b"0000000000 ")
+
+# Unknown-brand rule (iin.py): first two digits 20-69 may be a PAN of 13, 14
+# or 16-19 digits even if no row names them; the loose scanner's candidate
+# lengths add those to the table's.
+_LEN2_LOOSE = dict(_LEN2)
+for _p2 in range(20, 70):
+    _k = b"%02d" % _p2
+    _LEN2_LOOSE[_k] = _LEN2_LOOSE.get(_k, 0) | UNKNOWN_BRAND_LENGTHS
+_RUN = _run_regex(_LEN2)
+_RUN_LOOSE = _run_regex(_LEN2_LOOSE)
+
+# The widest gap of separator characters between two digit groups of one
+# window, and the most bytes a PAN finding's rules read from its start before
+# it is known to exist: 19 digits, 18 gaps, the 2 bytes the boundary rule
+# reads after it; the track-2 equivalent (PAN "=" 7 digits, not a digit).
+# Track data is bounded in sad.MAX_READ.
+MAX_GAP = 3
+MAX_READ = max(19 + 18 * MAX_GAP + 2, 19 + 1 + 8)
+
+# A run's shape: digits -> "0", "." and line breaks kept (the layout rules
+# look at them), every other separator -> " ".
+_SHAPE = bytes.maketrans(b"0123456789-_/\t\r", b"0000000000    \n")
 _BRANDS: dict = {}  # (first 8 digits, length) -> brand | None; BINs repeat
-_LAYOUTS: dict = {}  # run shape -> windows (see _layout), None: double separator
+_LAYOUTS: dict = {}  # run shape -> windows (see _layout)
+_GROUPS = re.compile(rb"0+")
 _CACHE_MAX = 1 << 14
 _BLOCK = 1 << 16  # bytes per scan block (buf + t fit in L2)
 
@@ -149,29 +189,46 @@ def _bounded(buf: bytes, s: int, e: int, ndig: int) -> bool:
     return True
 
 
-def _layout(groups: tuple) -> tuple:
-    """Windows of a separated run with these group lengths: (digit start,
-    digit end, char start, char end, char end of the 6th digit, char start of
-    the last 4 digits), chars counted from the run start with one separator
-    between groups. A window spans whole groups and has 12-19 digits."""
-    cum = [0, *accumulate(groups)]  # digits before group k
+def _layout(shape: bytes) -> tuple:
+    """Windows of a separated run of this shape: (digit start, digit end,
+    char start, char end, char end of the 6th digit, char start of the last 4
+    digits), chars counted from the run start. A window spans whole groups,
+    has 12-19 digits, no gap wider than MAX_GAP, and passes the "." and
+    line-break rules of the module docstring."""
+    groups = [m.span() for m in _GROUPS.finditer(shape)]
+    dpos = [i for i, c in enumerate(shape) if c == 48]  # char offset of each digit
+    cum = [0]
+    for gs, ge in groups:
+        cum.append(cum[-1] + ge - gs)
+    gaps = [shape[groups[k][1]:groups[k + 1][0]] for k in range(len(groups) - 1)]
     ng = len(groups)
-
-    def char(k):  # char offset of digit k: one separator per group before it
-        return k + bisect_left(cum, k + 1) - 1
-
     wins = []
     for a in range(ng):
         ca = cum[a]
         if cum[ng] - ca < 12:
             break
-        # first group index b whose window a..b reaches 12 digits
-        for b in range(bisect_left(cum, ca + 12) - 1, ng):
+        dots = lines = 0
+        for b in range(a, ng):
+            if b > a:
+                gap = gaps[b - 1]
+                if len(gap) > MAX_GAP:
+                    break
+                if 46 in gap:
+                    dots = -1 if dots < 0 or gap != b"." else dots + 1
+                elif dots > 0:
+                    dots = -1
+                if 10 in gap:
+                    lines = 1
             cb = cum[b + 1]
             if cb - ca > 19:
                 break
-            # group k starts at char offset cum[k] + k
-            wins.append((ca, cb, ca + a, cb + b, char(ca + 5) + 1, char(cb - 4)))
+            if cb - ca < 12:
+                continue
+            if dots < 0 or dots == 1 or (dots and b - a < 2) or (lines and b - a < 2):
+                continue
+            if dots and b - a != dots:  # a "." gap mixed with other separators
+                continue
+            wins.append((ca, cb, groups[a][0], groups[b][1], dpos[ca + 5] + 1, dpos[cb - 4]))
     return tuple(wins)
 
 
@@ -189,23 +246,23 @@ class _Run:
         return self._span
 
 
-def _run_general(buf: bytes, i: int) -> _Run:
+def _run_general(buf: bytes, i: int, len2: dict = _LEN2) -> _Run:
     """What _RUN decides for the run starting at i, step by step in Python."""
-    m = re.compile(rb"[^0-9 -]").search(buf, i + 12)
+    m = _NOT_RUNCH.search(buf, i + 12)
     j = m.start() if m else len(buf)
     seg = buf[i:j]
-    st = seg.strip(b" -")
+    st = seg.strip(SEPS)
     if not st:
         return _Run(j)
     s = i + seg.index(st[:1])
     e = s + len(st)
     if st.isdigit():
-        if e - s <= 19 and (_LEN2.get(st[:2], 0) >> (e - s)) & 1:
+        if e - s <= 19 and (len2.get(st[:2], 0) >> (e - s)) & 1:
             return _Run(j, "c", (s, e))
         if s == i and s and buf[s - 1] in TRACK_LEAD:
             return _Run(j, "t", (s, e))
         return _Run(j)
-    if len(st) - st.count(b" ") - st.count(b"-") < 12:
+    if len(st.translate(None, SEPS)) < 12:
         return _Run(j)
     return _Run(j, "s", (s, e))
 
@@ -213,9 +270,11 @@ def _run_general(buf: bytes, i: int) -> _Run:
 class Scanner:
     """Finds PAN windows (and, with sad=True, SAD/track spans) in a buffer."""
 
-    def __init__(self, bin6: bool, sad: bool, fast: bool = True):
+    def __init__(self, bin6: bool, sad: bool, fast: bool = True, strict_brand: bool = False):
         self.bin6 = bin6  # mask keeps the first 6 digits
         self.sad = sad
+        self.strict_brand = strict_brand
+        self._len2 = _LEN2 if strict_brand else _LEN2_LOOSE
         # fast=False classifies runs with plain Python (_run_general) instead
         # of the _RUN regex: the reference the tests compare the fast path to.
         self.fast = fast
@@ -226,7 +285,13 @@ class Scanner:
         This loop is the hot path: one find() and one regex match per run.
         """
         finds: list[tuple] = []
-        run = _RUN if self.fast else _run_general
+        if self.fast:
+            run = _RUN if self.strict_brand else _RUN_LOOSE
+        else:
+            len2 = self._len2
+
+            def run(buf, i):
+                return _run_general(buf, i, len2)
         window = self._window
         pos = base
         if base and buf[base - 1] in _RUNCH:  # a run straddles base: start at its head
@@ -260,7 +325,7 @@ class Scanner:
                     continue
                 s, e = m.span(g)
                 if g == "s":
-                    self._sep_region(buf, s, buf[s:e].rstrip(b" -"), base, stop, finds)
+                    self._sep_region(buf, s, buf[s:e].rstrip(SEPS), base, stop, finds)
                 else:
                     window(buf, s, e, buf[s:e], base, stop, finds)
             if pos < b1:  # every run starting before b1 was found above
@@ -277,24 +342,17 @@ class Scanner:
         # The run's shape ("0000 0000 0000 0000") keys its precomputed
         # windows: two C calls instead of splitting and measuring groups.
         shape = seg.translate(_SHAPE)
-        wins = _LAYOUTS.get(shape, 0)
-        if wins == 0:
-            wins = None if b"  " in shape else _layout(tuple(map(len, shape.split(b" "))))
-            if len(shape) <= 64:  # long runs ("1 1 1 ...") are rare: do not keep them
+        wins = _LAYOUTS.get(shape)
+        if wins is None:
+            wins = _layout(shape)
+            if len(shape) <= 96:  # long runs ("1 1 1 ...") are rare: do not keep them
                 if len(_LAYOUTS) >= _CACHE_MAX:
                     _LAYOUTS.clear()
                 _LAYOUTS[shape] = wins
-        if wins is None:  # a double separator splits the run: do each piece
-            off = 0
-            for piece in re.split(rb"(?:[ -]){2,}", seg):
-                if len(piece) - piece.count(b" ") - piece.count(b"-") >= 12:
-                    self._sep_region(buf, i + seg.index(piece, off), piece, base, stop, finds)
-                off = seg.index(piece, off) + len(piece)
-            return
         if not wins:
             return
-        digits = seg.translate(None, b" -")
-        lens2 = _LEN2.get
+        digits = seg.translate(None, SEPS)
+        lens2 = self._len2.get
         for ds, de, cs, ce, f6, l4 in wins:
             d = digits[ds:de]
             if (lens2(d[:2], 0) >> (de - ds)) & 1:
@@ -320,14 +378,17 @@ class Scanner:
         b = _BRANDS.get((digits[:8], ndig), 0)
         if b == 0:
             b = brand(digits)
+        kind = PAN
         if b is None:
-            return
+            if self.strict_brand or not unknown_brand(digits):
+                return
+            b, kind = "unknown", PAN_UNKNOWN_BRAND
         if ndig == e - s:  # no separators: positions are arithmetic
             if self.sad and e < len(buf) and buf[e] == 61:  # "=": track-2 equivalent
                 m = TRACK2_EQ.match(buf, e)
                 if m:
-                    finds.append((s, m.end(), s, m.end(), "z", (b + " track2", None)))
+                    finds.append((s, m.end(), s, m.end(), TRACK2, (b + " track2", None)))
                     return
-            finds.append((s, e, s + 6 if self.bin6 else s, e - 4, "p", (b, digits)))
+            finds.append((s, e, s + 6 if self.bin6 else s, e - 4, kind, (b, digits)))
         else:  # separated: mask offsets come from the layout
-            finds.append((s, e, first6 if self.bin6 else s, last4, "p", (b, digits)))
+            finds.append((s, e, first6 if self.bin6 else s, last4, kind, (b, digits)))
