@@ -143,11 +143,15 @@ def test_hostile_and_huge_policies_do_not_stop_traffic(gw, upstream, mint, token
     finally:
         probe.stop()
     assert not probe.failures, probe.failures[:3]  # the good policy stayed in force throughout
-    bound = max(5 * baseline, baseline + 0.25)
+    # A few times the baseline, with room for a machine shared with other work; on the event
+    # loop the slow file held every request for its whole load (seconds), in a thread it does not.
+    bound = max(5 * baseline, baseline + 0.5)
     for name, t0, t1 in windows:
         during = probe.between(t0, t1)
         assert during, (name, t0, t1, probe.samples[-5:], probe.failures[-3:], windows)
         assert p99(during) <= bound, (name, p99(during), baseline, len(during), t1 - t0)
+        if name == "slow":
+            assert t1 - t0 > 1.0 and max(during) < (t1 - t0) / 2, (max(during), t1 - t0)
     for name, _, why in files:
         deadline = time.monotonic() + 10
         while not (rejected := [r for r in _records(gw, "policy_rejected", timeout=0) if why in r["error"]]):
