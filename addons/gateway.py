@@ -11,6 +11,8 @@ from pangate.approval.addon import ApprovalHold
 from pangate.audit.addon import Audit
 from pangate.authorize.addon import AddressGuard, Authorize
 from pangate.chain.datapath import chain
+from pangate.chain.recordahead import RecordAhead
+from pangate.chain.upstream import Upstream
 from pangate.control.addon import Control
 from pangate.credentials.addon import Credentials
 from pangate.dlp.addon import Dlp
@@ -44,6 +46,8 @@ stages = [
     approval,  # holds high-risk requests before the credential is added
     Control(store, approval),  # `pangate approve|deny` reach the holds here
     credentials,
+    RecordAhead(audit),  # strict audit: a durable intent record before anything is forwarded
+    Upstream(),  # bounds the waits for the upstream (after holds); its failures answered as pangate's JSON
     ResponseMasking(store, credentials),  # also redacts an echoed credential in streamed bodies
     audit,
     Recorder(store, credentials),  # after Audit: saves what the client finally got

@@ -31,7 +31,10 @@ from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_
 
 log = logging.getLogger("pangate")
 PROXY_AUTH = "Proxy-Authorization"
-CHALLENGE = 'Bearer realm="pangate", Basic realm="pangate"'
+# One Proxy-Authenticate header per scheme, Basic first: RFC 9110 allows a
+# comma-joined list, but Java's HttpClient (17) reads only the first scheme of
+# a header and gives up on anything but Basic, and curl/requests pick Basic too.
+CHALLENGES = ('Basic realm="pangate"', 'Bearer realm="pangate"')
 # client connection id -> Caller. Module-level so it outlives a reload of the
 # gateway script: open tunnels keep their (re-checked) identity.
 _BOUND: dict[str, "Caller"] = {}
@@ -51,22 +54,12 @@ class Caller:
 
 
 def identity_for(policy: Policy, principal: Principal) -> str | None:
-    """Map verified claims to one policy identity, or None."""
+    """Map verified claims to one policy identity, or None (an index lookup, not a scan)."""
     if principal.static:
         ident = policy.identities.get(principal.subject)
         return ident.name if ident and ident.static_key_sha256 else None
-    for ident in policy.identities.values():
-        if ident.issuer != principal.issuer:
-            continue
-        issuer = policy.issuers[ident.issuer]
-        want_sub = ident.subject or (ident.name if issuer.type == "pangate" else None)
-        if want_sub is not None and principal.subject != want_sub:
-            continue
-        if want_sub is None and not ident.claims:
-            continue  # an identity must pin something, or every token of the issuer would match
-        if all(str(principal.claims.get(k)) == v for k, v in ident.claims):
-            return ident.name
-    return None
+    ident = policy.identity_index.match(principal.issuer, principal.subject, principal.claims)
+    return ident.name if ident else None
 
 
 def verifier_inputs(policy: Policy) -> tuple:
@@ -206,7 +199,9 @@ class Identify(Component):
         self._refuse(flow, code, reason)
 
     def _refuse(self, flow, code: str, reason: str) -> None:
-        refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})
+        refuse(flow, 407, "proxy_auth_required", reason, code)
+        if flow.response is not None and flow.response.status_code == 407:
+            flow.response.headers.set_all("Proxy-Authenticate", list(CHALLENGES))
         events.emit("token_refused", code=code, reason=reason, request_id=FlowContext.of(flow).request_id,
                     client=_peer(flow))
 
