@@ -7,6 +7,9 @@ any stage is not ready) and runs the stages' flow hooks in this order, as one
 addon; a flow one stage refuses goes no further than the stages that record it.
 """
 
+import asyncio
+import logging
+
 from pangate.approval.addon import ApprovalHold
 from pangate.audit.addon import Audit
 from pangate.authorize.addon import AddressGuard, Authorize
@@ -43,3 +46,26 @@ addons = chain(
     Recorder(store, credentials),  # after Audit: saves what the client finally got
     Export(audit),  # ships durable audit records to SIEM collectors, off the data path
 )
+
+
+class _ClosedClientFilter:
+    """Drops asyncio's "Exception in callback StreamReaderProtocol..." CancelledError report.
+
+    On Ctrl-C mitmproxy stops, then asyncio cancels the tasks of client connections
+    still open; in early Python 3.12 releases (3.12.1 here) the stream protocol's
+    done-callback calls task.exception() on such a cancelled task, and the default
+    handler prints that CancelledError as a traceback. Nothing failed.
+    """
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, asyncio.CancelledError)
+                    and str(record.msg).startswith("Exception in callback StreamReaderProtocol"))
+
+
+def done():
+    # After our done() mitmproxy restores the loop's default exception handler, which
+    # logs through the "asyncio" logger: the filter has to sit there.
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _ClosedClientFilter) for f in logger.filters):
+        logger.addFilter(_ClosedClientFilter())
