@@ -44,6 +44,10 @@ log = logging.getLogger("pangate")
 POLL_SECONDS = 0.1  # how soon a mitmweb resume/kill is noticed: mitmproxy signals neither to a hook
 CLI = "pangate"
 EDITED = "the held request was edited in mitmweb; an edited request is never forwarded"
+# mitmweb shows a mark as the emoji its shortcode names, drawn from the viewer's fonts. These
+# three are in common text fonts (DejaVu Sans has them); ⏳ and ✅ need a color-emoji font and
+# are an empty box without one (Chromium on a plain Linux desktop).
+MARK_HELD, MARK_GRANTED, MARK_REFUSED = ":warning:", ":heavy_check_mark:", ":heavy_multiplication_x:"
 
 
 @dataclass
@@ -54,6 +58,12 @@ class Held:
     masked: dict  # what mitmweb sees, while held and after
     digest: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def held_comment(approval_id: str, rule: str, requester: str, ui_resume: bool) -> str:
+    """A held flow's mitmweb comment: its first words say why it waits (the flow list shows them)."""
+    return (f"HELD for approval: rule {rule}, requested by {requester}; {CLI} approve {approval_id}"
+            + (" or resume here" if ui_resume else ""))
 
 
 def _withhold(req) -> None:
@@ -102,6 +112,13 @@ class ApprovalHold(Periodic, Component):
         self.masker = masker_for(policy)
 
     period = 0.5
+
+    def running(self):
+        super().running()
+        # mitmweb: a held flow's comment says why it waits and how to decide; the flow list
+        # shows it only with the comment column, which mitmweb leaves out by default.
+        if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
+            ctx.options.update(web_columns=[*ctx.options.web_columns, "comment"])
 
     def done(self):
         super().done()
@@ -169,9 +186,8 @@ class ApprovalHold(Periodic, Component):
         h.pending = p = self._open(flow, rule, who)
         self.held[p.id] = h
         flow.intercept()
-        flow.marked = ":hourglass_flowing_sand:"
-        flow.comment = (f"pangate approval {p.id}: rule {rule.name}, requested by {who}; "
-                        f"{CLI} approve {p.id}" + (" or resume here" if rule.ui_resume else ""))
+        flow.marked = MARK_HELD
+        flow.comment = held_comment(p.id, rule.name, who, rule.ui_resume)
         FlowContext.of(flow).approval = self._note(p, "pending")
         self._update(flow)
         log.info("pangate approval held id=%s request_id=%s requester=%s rule=%s",
@@ -216,6 +232,8 @@ class ApprovalHold(Periodic, Component):
                         reason=f"rule {p.rule.name} does not allow a mitmweb resume: use `{CLI} approve`")
             log.warning("pangate approval %s: mitmweb resume ignored (rule %s needs a named approver)",
                         p.id, p.rule.name)
+            flow.comment = (f"RESUME REFUSED: rule {p.rule.name} has ui_resume: false. "
+                            + held_comment(p.id, p.rule.name, p.requester, False))
         if p.status == "pending":  # not (yet) approved: back on hold
             flow.intercept()
             self._update(flow)
@@ -232,15 +250,15 @@ class ApprovalHold(Periodic, Component):
             self._check_unchanged(h)
         self.after[flow.id] = h.masked
         if p.status == "granted":
-            flow.marked = ":white_check_mark:"
+            flow.marked = MARK_GRANTED
             self._emit("approval_granted", p)
         elif p.status == "timed_out":
-            flow.marked = ":no_entry:"
+            flow.marked = MARK_REFUSED
             refuse(flow, 403, "forbidden", f"approval {p.id} timed out after {int(p.rule.timeout)}s",
                    "approval_timed_out")
             self._emit("approval_timed_out", p)
         else:
-            flow.marked = ":no_entry:"
+            flow.marked = MARK_REFUSED
             refuse(flow, 403, "forbidden", f"denied by reviewer {p.decided_by or 'pangate'}: {p.reason}",
                    "approval_denied")
             self._emit("approval_denied", p)

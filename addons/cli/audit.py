@@ -73,6 +73,10 @@ def verify_cmd(args) -> int:
     if progress is not None:
         progress.end()
     print(rep.summary())
+    if rep.kind == "truncated" and not live and rep.records:
+        print("no running gateway is writing this log (none holds it: the last one stopped without its "
+              "closing checkpoint, or records were removed from the end); if a gateway elsewhere writes it, "
+              "use --live", file=sys.stderr)
     return 0 if rep.ok else 1
 
 
