@@ -4,7 +4,6 @@ verify on a live log, scan's README line, the scripts/pangate shim."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +114,8 @@ def test_verify_on_a_live_log_needs_no_flag(tmp_path):
     d = tmp_path / "audit"
     code = ("import sys,time; from pangate.audit.log import AuditWriter; "
             "from pangate.audit.keys import load_or_create_signing_key as k; "
-            f"log = AuditWriter({str(d)!r}, k({str(tmp_path / 'audit.key')!r}), fsync=False, checkpoint_interval=3600); "
+            f"log = AuditWriter({str(d)!r}, k({str(tmp_path / 'audit.key')!r}), "
+            "fsync=False, checkpoint_interval=3600); "
             "log.wait_durable(log.append({'event': 'request', 'identity': {'name': 'x'}}), 10); "
             "print('ready', flush=True); sys.stdin.read(); log.close()")
     writer = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -138,7 +138,8 @@ def test_verify_of_a_dead_writers_log_still_says_truncated(tmp_path):
     d = tmp_path / "audit"
     code = ("import os; from pangate.audit.log import AuditWriter; "
             "from pangate.audit.keys import load_or_create_signing_key as k; "
-            f"log = AuditWriter({str(d)!r}, k({str(tmp_path / 'audit.key')!r}), fsync=False, checkpoint_interval=3600); "
+            f"log = AuditWriter({str(d)!r}, k({str(tmp_path / 'audit.key')!r}), "
+            "fsync=False, checkpoint_interval=3600); "
             "log.wait_durable(log.append({'event': 'request'}), 10); os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     r = subprocess.run([str(VENV_PANGATE), "audit", "verify", str(d), "--pubkey", str(tmp_path / "audit.key.pub")],
