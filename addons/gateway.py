@@ -21,6 +21,7 @@ from pangate.exchange.addon import Exchange
 from pangate.export.addon import Export
 from pangate.identity.addon import Identify, Revocations
 from pangate.masking.addon import ResponseMasking
+from pangate.monitor.addon import Monitor
 from pangate.policy.addon import PolicyStore
 from pangate.recording.addon import Recorder
 
@@ -44,6 +45,7 @@ addons = chain(
     ResponseMasking(store, credentials),  # also redacts an echoed credential in streamed bodies
     audit,
     Recorder(store, credentials),  # after Audit: saves what the client finally got
+    Monitor(store, audit),  # detectors, alerts and metrics on finished flows; never refuses one
     Export(audit),  # ships durable audit records to SIEM collectors, off the data path
 )
 

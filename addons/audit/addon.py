@@ -24,6 +24,7 @@ from pangate.audit.keys import load_or_create_signing_key
 from pangate.audit.log import AuditWriter
 from pangate.chain.context import KEY, FlowContext, refuse
 from pangate.chain.failsafe import FLOW_HOOKS, Component
+from pangate.export.delivery import direct_alerts
 from pangate.pan.engine import Masker
 
 log = logging.getLogger("pangate")
@@ -137,7 +138,7 @@ class Audit(Component):
                 "pangate_audit_rotate_mb"} & set(updated):
             try:
                 os.makedirs(opts.pangate_audit_dir, exist_ok=True)
-                key = load_or_create_signing_key(opts.pangate_audit_key)
+                key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
                 if self.writer:  # one writer per directory at a time: the old one seals its file first
                     self.writer.close()
                     self.writer = None
@@ -150,7 +151,7 @@ class Audit(Component):
                 raise exceptions.OptionsError(f"pangate audit: {e}") from None
             self.writer = writer
             self.healthy, self.problem = True, ""
-            events.subscribe(self._event)
+            events.subscribe(self._event, records=True)  # it also gets what was raised before it
 
     def _state_changed(self, healthy: bool, reason: str) -> None:
         """Called on the writer's thread: flip health now, report from the event loop."""
@@ -158,6 +159,7 @@ class Audit(Component):
         self.problem = "" if healthy else f"audit records cannot be written ({reason}); requests are refused until they can"
         emit = functools.partial(events.emit, "audit_write_recovered" if healthy else "audit_write_failed",
                                  alert=not healthy, reason=reason)
+        direct_alerts.push("audit_write_recovered" if healthy else "audit_write_failed", alert=not healthy, reason=reason)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(emit)
 

@@ -61,7 +61,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.audit.keys import key_id
+from pangate.audit.keys import key_id, public_raw
 from pangate.common.files import write_atomic
 
 log = logging.getLogger("pangate.audit.addon")
@@ -72,7 +72,7 @@ FILE_RE = re.compile(r"^audit-(\d{8})-(\d{4,})\.jsonl$")
 FORBIDDEN_KEYS = frozenset({"token", "authorization", "proxy-authorization", "password", "secret"})
 # Written only by the writer; a caller using them would confuse the verifier.
 RESERVED_EVENTS = frozenset({"checkpoint", "retention", "audit_start", "audit_stop", "audit_recovered",
-                             "refusals_coalesced"})
+                             "refusals_coalesced", "key_rotation"})
 RESERVE = ".reserve"
 MAX_COALESCED_KEYS = 1000  # (code, identity) pairs kept apart during one outage; the rest are pooled
 
@@ -395,6 +395,37 @@ class AuditWriter:
             elif self._idle:
                 self._wake.notify()
             return seq
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def rotate_key(self, new_key: Ed25519PrivateKey, *, reason: str = "", lost: bool = False,
+                   old_key_id: str | None = None) -> int:
+        """Record a change of signing key and sign with `new_key` from now on; returns the record's seq.
+
+        Normally the `key_rotation` record (old and new key ids, the new public key) is
+        sealed at once by a checkpoint signed with the OLD key, so the verifier can
+        trust the new key on the old one's word. `lost=True` is for an old key that is
+        gone: the writer was opened with the new key already, `old_key_id` names the
+        lost one, and the record is sealed only by the new key, which the verifier
+        then needs from the operator."""
+        new_id = key_id(new_key.public_key())
+        rec = {"event": "key_rotation", "old_key_id": old_key_id if lost else self._key_id,
+               "new_key_id": new_id, "new_public_key": public_raw(new_key.public_key()),
+               "sealed": not lost, "reason": reason}
+        with self._lock:
+            if self._stopping:
+                raise AuditClosed("audit writer is closed")
+            if lost and new_id != self._key_id:
+                raise ValueError("a rotation without the old key needs the writer opened with the new key")
+            seq = self._append_locked(rec)
+            if not lost:
+                self._checkpoint_locked("key_rotation")
+            self._key, self._key_id = new_key, new_id
+            self._urgent = True
+            self._wake.notify()
+        return seq
 
     def wait_durable(self, seq: int, timeout: float | None = None) -> bool:
         """Block until record `seq` is written (and fsynced if fsync=True)."""

@@ -117,6 +117,7 @@ class FlowContext:
     error: Note[str] = Note()  # why the flow ended in error (audit outcome "error")
     failed_hook: Note[str] = Note()  # Stage.hook that raised
     identity: Note[IdentityNote] = Note()
+    claimed: Note[str] = Note()  # the name a refused token claimed, if a policy identity (bad-token alerts)
     target: Note[Target] = Note("destination")
     decision: Note[DecisionNote] = Note()
     address: Note[str] = Note()  # the checked IP the destination resolved to

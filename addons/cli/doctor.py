@@ -74,7 +74,8 @@ def check_policy(path: str):
                        f"{len(p.destinations)} destinations, {len(p.approvals)} approval rules"), p
 
 
-def check_keys(policy, token_key: str, audit_key: str) -> list[Check]:
+def check_keys(policy, token_key: str, audit_key: str, audit_dir: str) -> list[Check]:
+    from pangate.audit.keys import has_audit_trail, missing_key_message
     from pangate.common.files import public_pem, read_private, read_public
 
     out = []
@@ -114,6 +115,9 @@ def check_keys(policy, token_key: str, audit_key: str) -> list[Check]:
             out.append(Check("ok", f"audit signing key {audit_key}"))
         except ValueError as e:
             out.append(Check("FAIL", str(e), "the gateway makes a new one if the file is absent: move it away"))
+    elif has_audit_trail(audit_dir):
+        out.append(Check("FAIL", missing_key_message(audit_key, audit_dir).split("; ")[0] + " (the gateway "
+                                 "refuses to start)", missing_key_message(audit_key, audit_dir).split("; ", 1)[1]))
     elif not _creatable(audit_key):
         out.append(Check("FAIL", f"audit signing key {audit_key}: absent and its directory is not writable",
                          "create the directory, or --set pangate_audit_key=FILE"))
@@ -260,7 +264,7 @@ def run_checks(args) -> list[Check]:
     checks: list[Check] = []
     c, policy = check_policy(args.policy)
     checks.append(c)
-    checks += check_keys(policy, args.token_key, args.audit_key)
+    checks += check_keys(policy, args.token_key, args.audit_key, args.audit_dir)
     checks += check_ca(args.confdir)
     audit, live_pid = check_audit_dir(args.audit_dir)
     ports = [("proxy", "127.0.0.1", args.port, "--port N (scripts/run) or --listen-port")]

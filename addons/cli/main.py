@@ -30,6 +30,8 @@ COMMANDS = {
     "unrevoke": "pangate.cli.revoke",
     "ca": "pangate.cli.ca",
     "doctor": "pangate.cli.doctor",
+    "review": "pangate.cli.review",
+    "evidence": "pangate.cli.review",
 }
 
 

@@ -161,6 +161,7 @@ class Identify(Component):
             return None
         try:
             claimed, token = parse_proxy_authorization(header)
+            FlowContext.of(flow).claimed = claimed if claimed in self.store.policy.identities else None
             principal = await self.verifier.averify(token)
         except TokenError as e:
             await self._refuse_bad(flow, e.reason, str(e))

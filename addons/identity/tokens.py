@@ -5,7 +5,17 @@ Plain module, no mitmproxy import, so it can be unit-tested and reused by the CL
 Event-loop rule: ``TokenVerifier.verify`` never does I/O. It uses cached keys and raises
 ``KeysNeeded`` when a network refresh is wanted; ``TokenVerifier.refresh`` does the
 blocking fetch and is meant to run in a worker thread. ``TokenVerifier.averify`` does
-that dance with ``asyncio.to_thread`` so the addon can simply ``await`` it.
+that dance so the addon can simply ``await`` it.
+
+Key fetches run on their own small thread pool, never on the event loop's default
+executor: that one also resolves every destination (getaddrinfo), so a slow IdP
+must not be able to starve it (it did: other identities' new connections stalled
+and were refused as "does not resolve"). At most one fetch per issuer is queued
+or running; every request that needs it awaits the same future, with a timeout,
+without holding a thread. A failed fetch is retried with backoff (1 s doubling to
+60 s), so a recovered IdP is used again within seconds; a stale key set keeps
+being served (and refreshed in the background) until it is older than its
+lifetime (jwks_max_age plus STALE_GRACE).
 
 SAML assertions (saml.py) come in two ways: base64 as the proxy password, when
 the issuer's policy accepts that (`verify` tells them apart from JWTs by shape),
@@ -21,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
+import functools
 import hashlib
 import hmac
 import json
@@ -62,10 +74,14 @@ class TokenError(Exception):
 
 
 class KeysNeeded(Exception):
-    """verify() needs a (blocking) key refresh for ``issuer`` (config name) first."""
+    """verify() needs a (blocking) key refresh for ``issuer`` (config name) first.
 
-    def __init__(self, issuer: str):
+    ``wait``: the token cannot be checked without it (no keys yet, or its kid is
+    unknown). Otherwise the cached set is only stale and may still be served."""
+
+    def __init__(self, issuer: str, wait: bool = True):
         self.issuer = issuer
+        self.wait = wait
         super().__init__(f"keys needed for issuer {issuer!r}")
 
 
@@ -202,6 +218,9 @@ class _State:
         self.keys: list[_Key] | None = None  # replaced wholesale, never mutated (read without lock)
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
+        self.next_attempt = 0.0  # no fetch before this (success: refresh_interval; failure: backoff)
+        self.failures = 0  # consecutive failed fetches
+        self.future: concurrent.futures.Future | None = None  # the queued or running fetch
         self.jwks_uri: str | None = None
         self.discovery_at = 0.0
         self.in_flight = False  # a fetch is running: callers should wait for it, not fail
@@ -219,6 +238,13 @@ _JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeE
 
 
 class TokenVerifier:
+    RETRY_MIN = 1.0  # first retry after a failed fetch; doubles per failure...
+    RETRY_MAX = 60.0  # ...up to this
+    STALE_GRACE = 24 * 3600.0  # a stale set is served this long past jwks_max_age while refreshes fail
+    FETCH_WAIT = 10.0  # longest a request waits for keys: discovery + JWKS, each with a 5 s timeout
+    FETCH_WORKERS = 2
+    MAX_QUEUED = 8  # fetches queued or running at once, all issuers together; beyond: refused
+
     def __init__(self, issuers: Iterable[Issuer], static_keys: dict[str, str] | None = None,
                  fetch: Callable[..., Any] = https_fetch, clock: Callable[[], float] = time.time,
                  revoked_jtis: set[str] | None = None, saml_fetch: Callable[..., bytes] | None = None,
@@ -247,7 +273,11 @@ class TokenVerifier:
             if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexd):
                 raise ValueError(f"static key for {ident!r} must be 'sha256:<64 hex>'")
             self._static.append((ident, hexd.lower()))
-        self._state = {name: _State() for name, cfg in self._by_name.items() if cfg.type != "saml"}
+        # Every issuer has fetch state: SAML metadata refreshes ride the same pool and backoff.
+        self._state = {name: _State() for name in self._by_name}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first remote fetch
+        self._no_refresh = threading.local()  # set while averify() re-checks with what it has
+        self._pool_lock = threading.Lock()
         for cfg in issuers:
             if cfg.type == "saml":
                 self._add_saml(cfg, saml_fetch, replay)
@@ -279,15 +309,45 @@ class TokenVerifier:
             now = self._clock()
             # Concurrent callers queue on the lock; all but the first see the fresh attempt
             # and return, so a kid-spraying burst costs one fetch per interval.
-            if not force and st.last_attempt is not None and now - st.last_attempt < cfg.refresh_interval:
+            if not force and st.last_attempt is not None and now < st.next_attempt:
                 return False
             st.last_attempt = now
             st.in_flight = True
             try:
                 self._load(cfg, st, now)
+            except KeyFetchError:
+                st.failures += 1
+                backoff = min(self.RETRY_MAX, self.RETRY_MIN * 2 ** (st.failures - 1))
+                st.next_attempt = now + min(backoff, max(cfg.refresh_interval, self.RETRY_MIN))
+                raise
             finally:
                 st.in_flight = False
+            st.failures = 0
+            st.next_attempt = now + cfg.refresh_interval
             return True
+
+    def _schedule(self, issuer_name: str) -> concurrent.futures.Future | None:
+        """The fetch for one issuer on the key pool: the one already queued or running, or a new
+        one; None when too many are queued (the caller fails closed or serves its cache)."""
+        st = self._state[issuer_name]
+        with self._pool_lock:
+            if st.future is not None and not st.future.done():
+                return st.future
+            busy = sum(1 for s in self._state.values() if s.future is not None and not s.future.done())
+            if busy >= self.MAX_QUEUED:
+                return None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.FETCH_WORKERS,
+                                                                   thread_name_prefix="pangate-jwks")
+            st.future = self._pool.submit(self.refresh, issuer_name)
+            return st.future
+
+    def close(self) -> None:
+        """Stop the key pool (a running fetch finishes on its own, within its timeout)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self, cfg: Issuer, st: _State, now: float) -> None:
         if cfg.public_key_file:
@@ -389,26 +449,44 @@ class TokenVerifier:
         return self._not_revoked(principal, is_revoked)
 
     async def averify(self, token: str, is_revoked: Callable[[Principal], bool] | None = None) -> Principal:
-        """verify(), doing any needed key refresh in a worker thread (at most one per call)."""
+        """verify(), with any needed key refresh on the key pool (at most one wait per call).
+
+        A stale set is refreshed in the background and served meanwhile; a token that
+        cannot be checked without new keys waits for the fetch, at most FETCH_WAIT."""
         return await self._with_refresh(lambda: self.verify(token, is_revoked))
 
     async def averify_assertion(self, data: bytes, is_revoked: Callable[[Principal], bool] | None = None,
                                 proxy_auth: bool = False) -> Principal:
-        """verify_assertion(), fetching metadata in a worker thread when needed."""
+        """verify_assertion(), fetching metadata on the key pool when needed."""
         return await self._with_refresh(lambda: self.verify_assertion(data, is_revoked, proxy_auth))
 
     async def _with_refresh(self, check: Callable[[], Principal]) -> Principal:
         try:
             return check()
         except KeysNeeded as need:
-            try:
-                await asyncio.to_thread(self.refresh, need.issuer)
-            except KeyFetchError as exc:  # fall back to whatever is cached (or fail closed)
-                log.warning("key refresh for %s failed: %s", need.issuer, exc)
+            fut = self._schedule(need.issuer)
+            if fut is None:
+                log.warning("key refresh for %s not queued: too many key fetches pending", need.issuer)
+            elif need.wait:
+                try:
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.FETCH_WAIT)
+                except TimeoutError:
+                    log.warning("key refresh for %s still running after %.0fs", need.issuer, self.FETCH_WAIT)
+                except KeyFetchError as exc:  # fall back to whatever is cached (or fail closed)
+                    log.warning("key refresh for %s failed: %s", need.issuer, exc)
+            else:
+                fut.add_done_callback(functools.partial(_log_failure, need.issuer))
+        return self._verify_cached(check)
+
+    def _verify_cached(self, check: Callable[[], Principal]) -> Principal:
+        """The check again with no further refresh: what the cache holds decides."""
+        self._no_refresh.active = True
         try:
             return check()
         except KeysNeeded as need:
             raise TokenError("keys_unavailable", f"keys for issuer {need.issuer!r} unavailable") from None
+        finally:
+            self._no_refresh.active = False
 
     def _verify_static(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -478,14 +556,19 @@ class TokenVerifier:
         st = self._state[cfg.name]
         now = self._clock()
         keys = st.keys  # snapshot; refresh() swaps the list atomically
-        may_refresh = cfg.remote and (st.in_flight or st.last_attempt is None
-                                      or now - st.last_attempt >= cfg.refresh_interval)
+        may_refresh = cfg.remote and not getattr(self._no_refresh, "active", False) and (
+            st.in_flight or st.last_attempt is None or now >= st.next_attempt)
         if keys is None:
             if may_refresh:
                 raise KeysNeeded(cfg.name)
             raise TokenError("keys_unavailable", f"no keys loaded for issuer {cfg.name}")
-        if may_refresh and now - st.fetched_at >= cfg.jwks_max_age:
-            raise KeysNeeded(cfg.name)  # stale set: pick up rotations and removals
+        age = now - st.fetched_at
+        if cfg.remote and age >= cfg.jwks_max_age + self.STALE_GRACE:
+            if may_refresh:
+                raise KeysNeeded(cfg.name)
+            raise TokenError("keys_unavailable", f"keys of issuer {cfg.name} expired and cannot be refreshed")
+        if may_refresh and age >= cfg.jwks_max_age:
+            raise KeysNeeded(cfg.name, wait=False)  # stale set: pick up rotations and removals
         if kid is not None:
             candidates = [k for k in keys if k.kid == kid]
             if not candidates:
@@ -521,6 +604,12 @@ class TokenVerifier:
             raise TokenError("not_yet_valid", "token issued in the future (iat)")
         if iat > exp:
             raise TokenError("malformed", "token iat is after exp")
+
+
+def _log_failure(issuer: str, fut: concurrent.futures.Future) -> None:
+    exc = None if fut.cancelled() else fut.exception()
+    if exc is not None:
+        log.warning("background key refresh for %s failed: %s", issuer, exc)
 
 
 # --------------------------------------------------------------------- pangate-issued tokens

@@ -18,6 +18,7 @@ from pangate.policy import yamlpos
 from pangate.policy.query import Unreadable, rule_name
 from pangate.policy.schema import Section
 from pangate.policy.errors import PolicyError
+from pangate.monitor.config import DEFAULT as MONITOR_DEFAULT, MonitorConfig, parse_monitor
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CREDENTIAL_TYPES = ("header", "bearer", "basic", "query", "mtls")
@@ -247,6 +248,7 @@ class Policy:
     reveals: tuple[Reveal, ...] = ()
     masking: Masking = Masking()
     method_override: str = "refuse"  # settings.method_override: the default for destinations
+    monitor: MonitorConfig = MONITOR_DEFAULT  # live detectors (pangate.monitor.config)
 
     def static_key_identities(self) -> list[Identity]:
         """Identities on a static key: a declared risk, listed in every report."""
@@ -267,7 +269,7 @@ def load_policy(path: str) -> Policy:
 def parse_policy(text: str, path: str = "<policy>") -> Policy:
     doc = Section(yamlpos.load(text, path), "", path, 1)
     doc.keys({"version", "settings", "issuers", "identities", "roles", "destinations",
-              "approvals", "approvers", "reveal"}, {"version"})
+              "approvals", "approvers", "reveal", "monitor"}, {"version"})
     if doc.get("version") != 1:
         raise doc.error("version", "only version 1 is known")
     settings = doc.section("settings")
@@ -296,7 +298,12 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         if len(s.str("justification").split()) < 3:
             raise s.error("justification", "write why this identity needs to see full card numbers")
         p_reveals.append(Reveal(s.str("identity"), s.str("destination"), s.str("justification"), s.line()))
-    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals)})
+    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals), "monitor": _monitor(doc, p)})
+
+
+def _monitor(doc: Section, p: Policy) -> MonitorConfig:
+    """The `monitor:` section: thresholds of the live detectors, declared hours per identity."""
+    return parse_monitor(doc.section("monitor"), p.identities)
 
 
 OVERRIDE_MODES = ("refuse", "honor")

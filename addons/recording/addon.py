@@ -279,7 +279,7 @@ class Recorder(Component):
         if not opts.pangate_recordings_dir:
             return
         try:
-            key = load_or_create_signing_key(opts.pangate_audit_key)
+            key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
             self.files = RecordingFiles(opts.pangate_recordings_dir, key, opts.pangate_recordings_rotate_mb << 20,
                                         opts.pangate_recordings_rotate_minutes * 60, self._state_changed)
         except (OSError, ValueError) as e:

@@ -126,3 +126,11 @@ def test_preflight_prints_only_the_policy_line_and_problems(env, capsys, monkeyp
     monkeypatch.delenv("PANGATE_TEST_DOCTOR_KEY")
     code, out = run(capsys, [*args, "--preflight"])
     assert code == 1 and "FAIL" in out and "PAN engine" not in out
+
+
+def test_lost_audit_key_with_a_trail(env, capsys):
+    args, tmp = env
+    (tmp / "audit").mkdir()
+    (tmp / "audit" / "audit-20260101-0001.jsonl").write_text("")
+    code, out = run(capsys, args)
+    assert code == 1 and "is missing but" in out and "rotate-key" in out

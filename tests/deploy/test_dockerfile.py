@@ -82,4 +82,4 @@ def test_entrypoint_writes_only_under_the_volumes():
         if name in ("confdir", "pangate_audit_key"):
             assert value.startswith("$ETC/"), (name, value)
     assert 'ETC="${PANGATE_ETC:-/etc/pangate}"' in script and 'VAR="${PANGATE_VAR:-/var/lib/pangate}"' in script
-    assert "ssl_insecure" not in script and "ssl_verify_upstream_trusted_ca" in script
+    assert "_insecure" not in script and "ssl_verify_upstream_trusted_ca" in script  # TLS always verified
