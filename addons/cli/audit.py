@@ -125,25 +125,35 @@ def _holds_open(pid: int, directory: str) -> bool | None:
 def live_writer(path: str) -> int | None:
     """The pid of a running gateway writing the audit log at path (a directory or a file), or None."""
     directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    pid = _last_start_pid(directory)  # read first: our own reader must not count as holding the file
+    if pid is None or pid == os.getpid() or not _alive(pid):
+        return None
+    held = _holds_open(pid, directory)
+    return pid if held is None or held or _runs_gateway(pid) else None
+
+
+def _last_start_pid(directory: str) -> int | None:
+    """The pid in the newest run's audit_start, unless that run ended with its close checkpoint."""
     try:
         files = list_audit_files(directory)
     except OSError:
         return None
     for f in reversed(files):
         try:
-            for raw in iter_lines_reverse(f):
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue  # a line being written
-                if rec.get("event") == "checkpoint" and rec.get("reason") == "close":
-                    return None
-                if rec.get("event") == "audit_start":
-                    pid = rec.get("pid")
-                    if not isinstance(pid, int) or pid <= 0 or not _alive(pid):
+            lines = iter_lines_reverse(f)
+            try:
+                for raw in lines:
+                    try:
+                        rec = json.loads(raw)
+                    except ValueError:
+                        continue  # a line being written
+                    if rec.get("event") == "checkpoint" and rec.get("reason") == "close":
                         return None
-                    held = _holds_open(pid, directory)
-                    return pid if held is None or held or _runs_gateway(pid) else None
+                    if rec.get("event") == "audit_start":
+                        pid = rec.get("pid")
+                        return pid if isinstance(pid, int) and pid > 0 else None
+            finally:
+                lines.close()
         except OSError:
             return None
     return None
