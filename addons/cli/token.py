@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
+import os
 import re
 import sys
 
@@ -30,9 +31,9 @@ def register(sub) -> None:
     iss.add_argument("--ttl", default="15m", help="lifetime with a unit: 30s, 15m, 1h (default 15m, at most 24h)")
     iss.add_argument("--key", default="certs/token-signing.key")
     iss.add_argument("--audience", default="pangate")
-    iss.add_argument("--policy", default=DEFAULT_POLICY, metavar="FILE",
+    iss.add_argument("--policy", metavar="FILE",
                      help=f"the identity must be one of this policy's, proven by a pangate token "
-                          f"(default {DEFAULT_POLICY}; '' skips the check)")
+                          f"(default {DEFAULT_POLICY} when it exists here; '' skips the check)")
     iss.set_defaults(func=_issue)
 
 
@@ -85,6 +86,12 @@ def _issue(args) -> int:
     if not args.identity:
         print("pangate token issue: needs an --identity", file=sys.stderr)
         return 2
+    if args.policy is None:
+        # Issuing where no policy lives (an init container, another host) stays possible; said once.
+        args.policy = DEFAULT_POLICY if os.path.exists(DEFAULT_POLICY) else ""
+        if not args.policy:
+            print(f"note: no {DEFAULT_POLICY} here: the identity is not checked against a policy (--policy FILE)",
+                  file=sys.stderr)
     if args.policy:
         try:
             why = check_identity(args.policy, args.identity)

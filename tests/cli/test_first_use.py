@@ -165,3 +165,18 @@ def test_scripts_pangate_shim_runs_the_venv_command():
     r = subprocess.run([str(ROOT / "scripts" / "pangate"), "token", "--help"], capture_output=True, text=True,
                        timeout=60, cwd="/")
     assert r.returncode == 0 and "issue" in r.stdout, r.stderr
+
+
+def test_issue_without_a_policy_here_still_issues_and_says_so(setup, capsys):
+    key, pol = setup
+    pol.unlink()  # cwd is the tmp dir: no policies.yaml
+    assert main(["token", "issue", "--key", str(key), "--identity", "anyone"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count(".") == 2 and "not checked against a policy" in err
+
+
+def test_issue_checks_policies_yaml_of_the_current_directory(setup, capsys):
+    key, pol = setup
+    pol.rename(pol.parent / "policies.yaml")
+    assert main(["token", "issue", "--key", str(key), "--identity", "nobody"]) == 2
+    assert "has no identity 'nobody'" in capsys.readouterr().err
