@@ -11,6 +11,7 @@ from pangate.approval.addon import ApprovalHold
 from pangate.audit.addon import Audit
 from pangate.authorize.addon import AddressGuard, Authorize
 from pangate.chain.datapath import chain
+from pangate.chain.quiet import done  # noqa: F401  (mitmproxy calls the script's done(): a quiet Ctrl-C)
 from pangate.chain.recordahead import RecordAhead
 from pangate.chain.upstream import Upstream
 from pangate.control.addon import Control
@@ -55,3 +56,4 @@ stages = [
     Export(audit),  # ships durable audit records to SIEM collectors, off the data path
 ]
 addons = chain(*stages, Health(store, stages, state))  # /healthz, /readyz from the stages' health
+

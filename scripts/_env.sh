@@ -23,6 +23,7 @@ ensure_venv() {
   local extras="$1" stamp want
   if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
     rm -rf .venv
+    echo "pangate: creating .venv (first run: a minute or two)" >&2
     "$(find_python)" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip > /dev/null
   fi
@@ -30,6 +31,7 @@ ensure_venv() {
   stamp=.venv/.pangate-installed
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import pangate' 2>/dev/null; then
     # pip's build chatter goes to a log; it is shown only if the install fails.
+    echo "pangate: installing pangate and mitmproxy into .venv" >&2
     .venv/bin/python -m pip install -q -e ".${extras}" > .venv/pip.log 2>&1 || { cat .venv/pip.log; return 1; }
     echo "$want" > "$stamp"
   fi

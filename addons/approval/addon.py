@@ -46,6 +46,10 @@ POLL_SECONDS = 0.1  # how soon a mitmweb resume/kill is noticed: mitmproxy signa
 REFRESH_SECONDS = 1.0  # with shared state: how often a hold re-reads its approval, announced or not
 CLI = "pangate"
 EDITED = "the held request was edited in mitmweb; an edited request is never forwarded"
+# mitmweb shows a mark as the emoji its shortcode names, drawn from the viewer's fonts. These
+# three are in common text fonts (DejaVu Sans has them); ⏳ and ✅ need a color-emoji font and
+# are an empty box without one (Chromium on a plain Linux desktop).
+MARK_HELD, MARK_GRANTED, MARK_REFUSED = ":warning:", ":heavy_check_mark:", ":heavy_multiplication_x:"
 
 
 @dataclass
@@ -57,6 +61,12 @@ class Held:
     digest: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     refresh: bool = False  # the shared approval changed: read it again
+
+
+def held_comment(approval_id: str, rule: str, requester: str, ui_resume: bool) -> str:
+    """A held flow's mitmweb comment: its first words say why it waits (the flow list shows them)."""
+    return (f"HELD for approval: rule {rule}, requested by {requester}; {CLI} approve {approval_id}"
+            + (" or resume here" if ui_resume else ""))
 
 
 def _withhold(req) -> None:
@@ -125,6 +135,13 @@ class ApprovalHold(Periodic, Component):
         self.masker = masker_for(policy)
 
     period = 0.5
+
+    def running(self):
+        super().running()
+        # mitmweb: a held flow's comment says why it waits and how to decide; the flow list
+        # shows it only with the comment column, which mitmweb leaves out by default.
+        if "web_columns" in ctx.options and "comment" not in ctx.options.web_columns:
+            ctx.options.update(web_columns=[*ctx.options.web_columns, "comment"])
 
     def done(self):
         super().done()
@@ -204,9 +221,8 @@ class ApprovalHold(Periodic, Component):
         h = Held(flow, p, real, flow.request.get_state(), request_digest(flow.request))
         self.held[p.id] = h
         flow.intercept()
-        flow.marked = ":hourglass_flowing_sand:"
-        flow.comment = (f"pangate approval {p.id}: rule {rule.name}, requested by {who}; "
-                        f"{CLI} approve {p.id}" + (" or resume here" if rule.ui_resume else ""))
+        flow.marked = MARK_HELD
+        flow.comment = held_comment(p.id, rule.name, who, rule.ui_resume)
         FlowContext.of(flow).approval = self._note(p, "pending")
         self._update(flow)
         log.info("pangate approval held id=%s request_id=%s requester=%s rule=%s",
@@ -288,6 +304,8 @@ class ApprovalHold(Periodic, Component):
                         reason=f"rule {p.rule.name} does not allow a mitmweb resume: use `{CLI} approve`")
             log.warning("pangate approval %s: mitmweb resume ignored (rule %s needs a named approver)",
                         p.id, p.rule.name)
+            flow.comment = (f"RESUME REFUSED: rule {p.rule.name} has ui_resume: false. "
+                            + held_comment(p.id, p.rule.name, p.requester, False))
         if p.status == "pending":  # not (yet) approved: back on hold
             flow.intercept()
             self._update(flow)
@@ -305,15 +323,15 @@ class ApprovalHold(Periodic, Component):
         p = h.pending
         self.after[flow.id] = h.masked
         if p.status == "granted":
-            flow.marked = ":white_check_mark:"
+            flow.marked = MARK_GRANTED
             self._emit("approval_granted", p)
         elif p.status == "timed_out":
-            flow.marked = ":no_entry:"
+            flow.marked = MARK_REFUSED
             refuse(flow, 403, "forbidden", f"approval {p.id} timed out after {int(p.rule.timeout)}s",
                    "approval_timed_out")
             self._emit("approval_timed_out", p)
         else:
-            flow.marked = ":no_entry:"
+            flow.marked = MARK_REFUSED
             refuse(flow, 403, "forbidden", f"denied by reviewer {p.decided_by or 'pangate'}: {p.reason}",
                    "approval_denied")
             self._emit("approval_denied", p)

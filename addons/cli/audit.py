@@ -76,15 +76,22 @@ def verify_cmd(args) -> int:
         if not os.path.exists(p):
             print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
             return 2
+    live = args.live
+    if not live:
+        pid = live_writer(paths[0] if len(paths) == 1 else os.path.dirname(paths[-1]) or ".")
+        if pid is not None:
+            print(f"the gateway (pid {pid}) is writing this log: its newest records are not signed yet "
+                  "(verified as --live)", file=sys.stderr)
+            live = True
     progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
     if instances and args.recordings:
         print("pangate audit verify: --recordings goes with one audit directory at a time", file=sys.stderr)
         return 2
     try:
         if instances:
-            rep = verify_instances(paths, pubkey, live=args.live, progress=progress)
+            rep = verify_instances(paths, pubkey, live=live, progress=progress)
         else:
-            rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
+            rep = verify_log(target, pubkey, progress, live=live, recordings=args.recordings)
     except (OSError, ValueError) as e:
         if progress is not None:
             progress.clear()
@@ -93,7 +100,92 @@ def verify_cmd(args) -> int:
     if progress is not None:
         progress.end()
     print(rep.summary())
+    if rep.kind == "truncated" and not live and rep.records:
+        print("no running gateway is writing this log (none holds it: the last one stopped without its "
+              "closing checkpoint, or records were removed from the end); if a gateway elsewhere writes it, "
+              "use --live", file=sys.stderr)
     return 0 if rep.ok else 1
+
+
+# ---- is a gateway writing this log? --------------------------------------------------------
+# The writer leaves no lock file; what it does leave is its pid in the `audit_start`
+# record of each run and, when it stops, a `checkpoint` whose reason is "close". A log
+# whose newest run has no close checkpoint is being written if that pid is alive and
+# (where /proc says) holds a file of this directory open; otherwise the writer crashed
+# or records were cut off the end, which verify reports as it is.
+
+def _holds_open(pid: int, directory: str) -> bool | None:
+    """Whether process pid has a file in directory open; None when /proc cannot say."""
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    want = os.path.realpath(directory) + os.sep
+    for n in names:
+        try:
+            if os.readlink(os.path.join(fd_dir, n)).startswith(want):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def live_writer(path: str) -> int | None:
+    """The pid of a running gateway writing the audit log at path (a directory or a file), or None."""
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    pid = _last_start_pid(directory)  # read first: our own reader must not count as holding the file
+    if pid is None or pid == os.getpid() or not _alive(pid):
+        return None
+    held = _holds_open(pid, directory)
+    return pid if held is None or held or _runs_gateway(pid) else None
+
+
+def _last_start_pid(directory: str) -> int | None:
+    """The pid in the newest run's audit_start, unless that run ended with its close checkpoint."""
+    try:
+        files = list_audit_files(directory)
+    except OSError:
+        return None
+    for f in reversed(files):
+        try:
+            lines = iter_lines_reverse(f)
+            try:
+                for raw in lines:
+                    try:
+                        rec = json.loads(raw)
+                    except ValueError:
+                        continue  # a line being written
+                    if rec.get("event") == "checkpoint" and rec.get("reason") == "close":
+                        return None
+                    if rec.get("event") == "audit_start":
+                        pid = rec.get("pid")
+                        return pid if isinstance(pid, int) and pid > 0 else None
+            finally:
+                lines.close()
+        except OSError:
+            return None
+    return None
+
+
+def _runs_gateway(pid: int) -> bool:
+    """A pid reused by another program is not our writer (the writer may have its file closed while failed)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return any(w in cmd for w in (b"mitmdump", b"mitmweb", b"gateway.py"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
 
 
 def iter_records(path: str):
@@ -141,9 +233,16 @@ def _show(rec: dict, args) -> None:
     ident = rec.get("identity")
     d = rec.get("destination") or {}
     where = f" {d.get('method')} {d.get('scheme')}://{d.get('host')}:{d.get('port')}{d.get('path')}" if d else ""
-    print(f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
-          f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
-          f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}".rstrip())
+    line = (f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
+            f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
+            f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}").rstrip()
+    # Approval events are about people: who asked, who decided, under which rule.
+    extra = [f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+             for k in SHOW_FIELDS if (v := rec.get(k)) not in (None, "", [])]
+    print(" ".join([line, *extra]))
+
+
+SHOW_FIELDS = ("approval_id", "rule", "requester", "approver", "approvers", "voter", "reason")
 
 
 def _last_key_id(directory: str) -> str | None:

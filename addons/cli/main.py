@@ -29,6 +29,7 @@ COMMANDS = {
     "revoke": "pangate.cli.revoke",
     "unrevoke": "pangate.cli.revoke",
     "ca": "pangate.cli.ca",
+    "doctor": "pangate.cli.doctor",
     "review": "pangate.cli.review",
     "evidence": "pangate.cli.review",
 }

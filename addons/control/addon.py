@@ -53,8 +53,13 @@ class Control(Component):
         self._has_rules = bool(policy.approvals)
         self._restart()
 
-    def running(self):
+    async def running(self):
         self._running = True
+        want = self.listen if self._has_rules else None
+        if want and not self.server:
+            # Bound before startup ends, so a port in use stops the gateway now, said as such.
+            await self._start(want, starting=True)
+            return
         self._restart()
 
     def done(self):
@@ -75,10 +80,15 @@ class Control(Component):
         if want:
             asyncio.get_running_loop().create_task(self._start(want))
 
-    async def _start(self, listen: tuple[str, int]) -> None:
+    async def _start(self, listen: tuple[str, int], starting: bool = False) -> None:
         try:
             server = await asyncio.start_server(self._serve, listen[0], listen[1])
         except OSError as e:
+            if starting:
+                log.error("pangate exiting: the approval control endpoint cannot listen on %s:%s: %s; give it a "
+                          "free port (--set pangate_control_listen=127.0.0.1:PORT, scripts/run --control-port "
+                          "PORT) or turn it off (\"\")", listen[0], listen[1], e.strerror)
+                return
             log.error("pangate control endpoint cannot listen on %s:%s: %s; approvals can only time out "
                       "(or be given in mitmweb where allowed)", listen[0], listen[1], e.strerror)
             return

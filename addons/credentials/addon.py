@@ -110,6 +110,7 @@ class Credentials(Component):
         self.secrets: dict[str, Secret] = {}
         self.client_certs: dict[str, ClientCert] = {}
         self.missing: dict[str, str] = {}  # destination -> why its secret is unavailable
+        self._live = False  # running: a missing secret refuses its requests; starting, the gateway exits
         store.subscribe(self._policy_changed)
 
     def _policy_changed(self, policy: Policy) -> None:
@@ -125,12 +126,20 @@ class Credentials(Component):
                     secrets[dest.name] = Secret(cred, read_secret(cred))
             except ValueError as e:
                 missing[dest.name] = str(e)
-                log.error("pangate: no credential for destination %s: %s; its requests are refused", dest.name, e)
+                if self._live:
+                    log.error("pangate: no credential for destination %s: %s; its requests are refused",
+                              dest.name, e)
+                else:  # an error logged while starting makes mitmproxy exit: say so, and the fix
+                    fix = (f"export {cred.env}=... in the gateway's environment" if cred.env else
+                           "make the file readable by the gateway")
+                    log.error("pangate exiting: no credential for destination %s: %s; %s (`pangate doctor` "
+                              "checks)", dest.name, e, fix)
         self.secrets, self.client_certs, self.missing = secrets, certs, missing
         # Every sink (audit, recordings, logs, webhooks, export) redacts every echo form of these.
         SECRETS.replace(dict(_sink_secrets(secrets)))
 
     def running(self):
+        self._live = True
         veil.on_sent(self.scrub_sent)
 
     def done(self):

@@ -3,12 +3,15 @@
 It serves charges with real-looking test card numbers, echoes what it
 received, and keeps the requests it saw so a test can check what really
 arrived upstream (the injected credential, the absence of Proxy-Authorization).
+Run as `pangate demo-upstream`, it prints one line per request saying which
+credentials arrived, masked.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +52,8 @@ class Handler(BaseHTTPRequestHandler):
             subject = dict(x[0] for x in self.connection.getpeercert().get("subject", ()))
             seen["client_cert"] = subject.get("commonName")
         self.server.received.append(seen)
+        if getattr(self.server, "announce", False):
+            print(f"demo upstream received {self.command} {self.path.split('?')[0]}: {what_arrived(seen)}", flush=True)
         route = self.server.routes.get(self.path.split("?")[0])
         if route is not None:
             status, payload, ctype, headers = route(self, seen)
@@ -64,6 +69,23 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, json.dumps({"ok": True, "path": path}).encode())
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+
+def what_arrived(seen: dict, expected_key: str | None = None) -> str:
+    """The credentials a request carried, masked: what the walkthrough shows the processor got."""
+    headers = {k.lower(): v for k, v in seen["headers"].items()}
+    auth = headers.get("authorization")
+    expected_key = os.environ.get("DEMO_PROCESSOR_KEY") if expected_key is None else expected_key
+    if auth is None:
+        said = "no Authorization"
+    else:
+        scheme, _, secret = auth.partition(" ")
+        shown = f"{secret[:8]}…" if len(secret) > 12 else "…"
+        said = f"Authorization: {scheme} {shown}"
+        if expected_key and secret == expected_key:
+            said += " (= $DEMO_PROCESSOR_KEY, injected by the gateway)"
+    return said + ("; Proxy-Authorization present!" if "proxy-authorization" in headers else
+                   "; no Proxy-Authorization")
 
 
 class DemoUpstream(ThreadingHTTPServer):
@@ -103,6 +125,7 @@ def _run(args) -> int:
     ca = make_ca(args.certs, "demo-upstream-ca")
     cert, key = make_leaf(ca, args.certs, ["localhost", "127.0.0.1"], "demo-upstream")
     server = DemoUpstream("127.0.0.1", args.port, cert, key)
+    server.announce = True  # one line per request on stdout: what the gateway sent
     print(f"demo upstream on https://localhost:{args.port} (CA: {ca[0]})", flush=True)
     server.serve_forever()
     return 0

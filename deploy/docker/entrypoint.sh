@@ -80,7 +80,8 @@ PY
   fi
   if [ -n "${PANGATE_DEMO_TOKEN_FOR:-}" ] && [ -n "${PANGATE_TOKEN_OUT:-}" ]; then
     # Demo only: a workload without an IdP gets a day-long token. Real workloads bring an OIDC token.
-    pangate token issue --key "$ETC/keys/token-signing.key" --identity "$PANGATE_DEMO_TOKEN_FOR" --ttl 24h \
+    # --policy '': init may run before the policy is in place; the gateway checks the identity.
+    pangate token issue --key "$ETC/keys/token-signing.key" --identity "$PANGATE_DEMO_TOKEN_FOR" --ttl 24h --policy '' \
       > "$PANGATE_TOKEN_OUT.tmp" && mv "$PANGATE_TOKEN_OUT.tmp" "$PANGATE_TOKEN_OUT"
   fi
   say "init done in $ETC"

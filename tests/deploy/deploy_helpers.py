@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -14,12 +15,17 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir() if p.is_dir())
 
+# No cluster: without a kubeconfig kubectl probes http://localhost:8080, which may be a live
+# gateway on this machine. An empty one keeps every call offline.
+KUBE_ENV = {**os.environ, "KUBECONFIG": os.devnull}
+
 
 def kustomize_version() -> tuple[int, ...] | None:
     """kubectl's embedded kustomize version, or None when there is no usable one."""
     if not shutil.which("kubectl"):
         return None
-    res = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True, timeout=30)
+    res = subprocess.run(["kubectl", "version", "--client"], capture_output=True, text=True, timeout=30,
+                         env=KUBE_ENV)
     m = re.search(r"Kustomize Version: v(\d+)\.(\d+)", res.stdout)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
@@ -36,7 +42,7 @@ def need_kustomize() -> None:
 
 def build(overlay: str) -> list[dict]:
     need_kustomize()
-    res = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
+    res = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], env=KUBE_ENV,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     return [d for d in yaml.safe_load_all(res.stdout) if d]
