@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import heapq
+import itertools
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.io import tnetstring
@@ -31,7 +33,7 @@ from pangate.common import events
 from pangate.audit.addon import SECRET_PARAM
 from pangate.audit.keys import load_or_create_signing_key, sign_file
 from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
-from pangate.chain.context import KEY, FlowContext
+from pangate.chain.context import KEY, FlowContext, refuse
 from pangate.chain.failsafe import FLOW_HOOKS, Component, safe_traceback
 from pangate.chain.scrub import rewrite_body, rewrite_headers
 from pangate.credentials.forms import Redactor, echo_forms
@@ -45,6 +47,8 @@ WITHHELD = b"[pangate: body withheld from the recording: it could not be decoded
 SUFFIX = ".mitm"
 SYNC_SECONDS = 0.2  # recordings are evidence but not the source of truth: fsync in groups
 BATCH = 256
+DROP_REPORT_SECONDS = 10.0  # while flows are being dropped, how often the count is reported
+WAIT_SECONDS = 5.0  # longest a response waits for its recording before it is withheld
 # The second wall decodes each stored body to scrub it: bounded, since it runs for every flow
 # (on the writer thread). A body past this is not stored.
 MAX_SEALED_BODY = 64 << 20
@@ -209,15 +213,47 @@ def serialize(flow, scrubber: "Scrubber") -> dict:
 
 
 class RecordingFiles:
-    """Owns the recording files on a background thread: append, rotate, sign."""
+    """Owns the recording files on a background thread: append, rotate, sign.
 
-    def __init__(self, directory: str, key, rotate_bytes: int, rotate_seconds: float, on_state=None):
+    Outages cost bounded space, memory and files:
+      * A write that fails (ENOSPC, EIO, ...) keeps the file it was writing: the retry
+        reopens that same file, cuts it back to the end of its last whole flow (a
+        partial write is undone) and goes on there. One outage, one file.
+      * At most `max_queue` flows wait in memory. Past that a flow is not queued but
+        counted; so are refused flows while writing fails (the audit trail already
+        records those refusals, coalesced). The count is reported as a
+        `recordings_dropped` event (an alert) once writing works again, or every
+        DROP_REPORT_SECONDS while it does not.
+      * `put()` returns a number; `awritten(n)` says when that flow is in the file
+        (handed to the kernel: it survives the gateway being killed). The Recorder
+        holds each response until then, so no answered flow is missing after a crash.
+    At start, files left unsigned by a crash are checked: a torn last flow is cut off
+    (`recording_repaired`, with the bytes cut) and the file signed; a file that is not
+    a sequence of whole flows before its end is renamed `.torn` and never signed
+    (`recording_quarantined`).
+    """
+
+    def __init__(self, directory: str, key, rotate_bytes: int, rotate_seconds: float, on_state=None, *,
+                 max_queue: int = 10000, on_event=None, retry_interval: float = 0.5, opener=None):
         self.directory = os.path.abspath(directory)
         self.key, self.rotate_bytes, self.rotate_seconds = key, rotate_bytes, rotate_seconds
-        self.on_state = on_state
-        self.queue: queue.Queue = queue.Queue()
+        self.on_state, self.on_event = on_state, on_event
+        self.max_queue, self.retry_interval = max_queue, retry_interval
+        self._opener = opener or open
+        self._items: deque = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._seq = 0  # numbers handed out by put()
+        self._done = 0  # every flow up to this number is written (or given up)
+        self._lost: set[int] = set()  # numbers given up without being written
+        self._waiters: list = []  # heap of (seq, tie, loop, future)
+        self._tie = itertools.count()
+        self.dropped = 0
+        self._reported, self._reported_at = 0, time.monotonic()
         self.failure: str | None = None
         self._fo = self._path = None
+        self._good = 0  # end of the last whole flow in the current file
+        self._to_sign: str | None = None  # closed, not signed yet (signing failed)
         self._opened = 0.0
         self._synced, self._dirty = 0.0, False
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
@@ -225,40 +261,87 @@ class RecordingFiles:
         self.thread = threading.Thread(target=self._run, name="pangate-recorder", daemon=True)
         self.thread.start()
 
+    # -- start: crash leftovers ---------------------------------------------------------
+
     def _seal_leftovers(self) -> None:
-        """Files left open by a crash are complete up to their last flow: sign them now."""
+        """Files left open by a crash: cut a torn last flow, quarantine garbage, sign the rest."""
         for name in sorted(os.listdir(self.directory)):
             path = os.path.join(self.directory, name)
-            if name.endswith(SUFFIX) and not os.path.exists(path + ".sig"):
-                sign_file(path, self.key)
+            if not name.endswith(SUFFIX) or os.path.exists(path + ".sig"):
+                continue
+            good, size, whole = scan_flows(path)
+            if not whole:
+                os.replace(path, path + ".torn")
+                log.error("pangate recording: %s is not a sequence of whole flows (from byte %d); "
+                          "kept as %s.torn, unsigned", name, good, name)
+                self._event("recording_quarantined", alert=True, file=name, torn_at=good, size=size)
+                continue
+            if good < size:
+                with open(path, "r+b") as fo:
+                    fo.truncate(good)
+                    os.fsync(fo.fileno())
+                log.warning("pangate recording: %s ended in a torn flow; cut %d bytes", name, size - good)
+                self._event("recording_repaired", alert=False, file=name, cut_bytes=size - good, kept_bytes=good)
+            sign_file(path, self.key)
 
-    def put(self, flow) -> None:
-        self.queue.put(flow)
+    # -- producer side (event loop) -----------------------------------------------------
+
+    def put(self, item, refused: bool = False) -> int | None:
+        """Queue (flow, scrubber); its number, or None if it was counted as dropped instead."""
+        with self._cv:
+            if self._stopping or len(self._items) >= self.max_queue or (refused and self.failure is not None):
+                self.dropped += 1
+                return None
+            self._seq += 1
+            self._items.append((self._seq, item))
+            self._cv.notify()
+            return self._seq
+
+    def written(self, seq: int) -> bool:
+        with self._cv:
+            return seq <= self._done and seq not in self._lost
+
+    async def awritten(self, seq: int, timeout: float) -> bool:
+        """Wait until flow `seq` is in its file; False if it was given up or the time ran out."""
+        loop = asyncio.get_running_loop()
+        with self._cv:
+            if seq <= self._done:
+                return seq not in self._lost
+            fut = loop.create_future()
+            heapq.heappush(self._waiters, (seq, next(self._tie), loop, fut))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
 
     def close(self) -> None:
-        self.queue.put(None)
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
         self.thread.join(10)
+
+    # -- writer thread ------------------------------------------------------------------
+
+    def _take(self) -> tuple[list, bool]:
+        with self._cv:
+            if not self._items and not self._stopping:
+                self._cv.wait(SYNC_SECONDS)
+            batch = []
+            while self._items and len(batch) < BATCH:  # the rest waits for the next round
+                batch.append(self._items.popleft())
+            return batch, self._stopping and not self._items
 
     def _run(self) -> None:
         stop = False
         while not stop:
-            try:
-                item = self.queue.get(timeout=SYNC_SECONDS)
-            except queue.Empty:
-                item = ...
-            batch = []
-            while item is not ...:
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-                if len(batch) >= BATCH:
-                    break  # the rest waits for the next round; nothing is taken and dropped
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    item = ...
-            pending = [st for st in (self._scrub(f, scrubber) for f, scrubber in batch) if st is not None]
+            batch, stop = self._take()
+            pending = []
+            for seq, (flow, scrubber) in batch:
+                state = self._scrub(flow, scrubber)
+                if state is None:
+                    self._finish(seq, lost=True)
+                else:
+                    pending.append((seq, state))
             while True:
                 try:
                     self._write(pending)
@@ -268,8 +351,65 @@ class RecordingFiles:
                 except OSError as e:
                     self._close_quietly()
                     self._state(f"{type(e).__name__}: {e}")
-                    time.sleep(0.5)  # retry the same flows: nothing recorded is dropped
-        self._rotate()
+                    with self._cv:
+                        if not self._stopping:
+                            self._cv.wait(self.retry_interval)  # then the same flows, same file
+                        giving_up = self._stopping
+                    if giving_up:  # stopping with the disk still refusing: count what is left
+                        try:
+                            self._write(pending)
+                        except OSError:
+                            self._close_quietly()
+                            with self._cv:
+                                rest = pending + list(self._items)
+                                self._items.clear()
+                            for seq, _ in rest:
+                                self._finish(seq, lost=True)
+                            with self._cv:
+                                self.dropped += len(rest)
+                            stop = True
+                        break
+            self._report_drops()
+        try:
+            self._rotate()
+            if self._to_sign:
+                sign_file(self._to_sign, self.key)
+        except OSError as e:
+            log.error("pangate recording: the last file could not be closed and signed: %s", e)
+        self._report_drops(final=True)
+        self._finish(self._seq, lost=True)  # nobody waits past close
+
+    def _finish(self, seq: int, lost: bool = False) -> None:
+        """Flows up to `seq` are settled; wake who waits for them."""
+        ready = []
+        with self._cv:
+            if lost:
+                self._lost.update(s for s in range(self._done + 1, seq + 1))
+            self._done = max(self._done, seq)
+            while self._waiters and self._waiters[0][0] <= self._done:
+                s, _, loop, fut = heapq.heappop(self._waiters)
+                ready.append((loop, fut, s not in self._lost))
+            if len(self._lost) > 4096:  # only numbers someone may still ask about are kept
+                self._lost = {s for s in self._lost if s > self._done - 4096}
+        for loop, fut, ok in ready:
+            _resolve(loop, fut, ok)
+
+    def _report_drops(self, final: bool = False) -> None:
+        with self._cv:
+            count = self.dropped - self._reported
+            due = final or self.failure is None or time.monotonic() - self._reported_at >= DROP_REPORT_SECONDS
+            if not count or not due:
+                return
+            self._reported, self._reported_at = self.dropped, time.monotonic()
+        log.error("pangate recording: %d flows were not recorded (queue full or recordings unwritable)", count)
+        self._event("recordings_dropped", alert=True, count=count, total=self.dropped, failure=self.failure)
+
+    def _event(self, kind: str, alert: bool, **fields) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(kind, alert, fields)
+            except Exception:
+                log.exception("pangate recording: event callback failed")
 
     @staticmethod
     def _scrub(flow, scrubber: "Scrubber") -> dict | None:
@@ -297,43 +437,67 @@ class RecordingFiles:
                 log.error("pangate recording: not even a stub of a flow could be kept: %s", type(e2).__name__)
                 return None
 
-    def _write(self, states: list) -> None:
+    def _write(self, pending: list) -> None:
+        if self._to_sign:  # a rotation whose signature failed: signed before anything new
+            sign_file(self._to_sign, self.key)
+            self._to_sign = None
         self._rotate_if_due()
-        while states:
+        while pending:
             if self._fo is None:
                 self._open()
-            tnetstring.dump(states[0], self._fo)  # as mitmproxy's FlowWriter.add writes get_state()
+            seq, state = pending[0]
+            tnetstring.dump(state, self._fo)  # as mitmproxy's FlowWriter.add writes get_state()
             self._fo.flush()
+            self._good = self._fo.tell()
             self._dirty = True
-            states.pop(0)  # written: a retry after a failure resumes after it, no duplicates
+            pending.pop(0)  # written: a retry after a failure resumes after it, no duplicates
+            self._finish(seq)
             self._rotate_if_due()
         now = time.monotonic()
-        if self._dirty and now - self._synced >= SYNC_SECONDS:  # group commit: one fsync per window
-            os.fsync(self._fo.fileno())
+        if self._fo is not None and self._dirty and now - self._synced >= SYNC_SECONDS:
+            os.fsync(self._fo.fileno())  # group commit: one fsync per window
             self._synced, self._dirty = now, False
 
     def _rotate_if_due(self) -> None:
-        if self._fo is not None and (time.time() - self._opened >= self.rotate_seconds
-                                     or self._fo.tell() >= self.rotate_bytes):
+        if self._path is not None and (time.time() - self._opened >= self.rotate_seconds
+                                       or self._good >= self.rotate_bytes):
             self._rotate()
 
     def _open(self) -> None:
+        if self._path is not None and os.path.exists(self._path):
+            # The file of this outage: cut back to its last whole flow, go on from there.
+            fo = self._opener(self._path, "r+b")
+            try:
+                fo.truncate(self._good)
+                fo.seek(self._good)
+            except BaseException:
+                fo.close()
+                raise
+            self._fo = fo
+            return
+        if self._path is not None:
+            log.error("pangate recording: %s vanished while it could not be written; starting a new file",
+                      self._path)
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         n = 1
         while os.path.exists(path := os.path.join(self.directory, f"flows-{stamp}-{n:03d}{SUFFIX}")):
             n += 1
-        self._fo, self._path, self._opened = open(path, "xb"), path, time.time()
+        self._fo = self._opener(path, "xb")
+        self._path, self._opened, self._good = path, time.time(), 0
 
     def _rotate(self) -> None:
-        if self._fo is None:
+        if self._path is None:
             return
-        path = self._path
+        if self._fo is None:
+            self._open()  # closed by a failure: reopened (and cut back) to be closed properly
         self._fo.flush()
         os.fsync(self._fo.fileno())
         self._fo.close()
         self._fo = None
         self._dirty = False
-        sign_file(path, self.key)
+        self._to_sign, self._path, self._good = self._path, None, 0
+        sign_file(self._to_sign, self.key)
+        self._to_sign = None
 
     def _close_quietly(self) -> None:
         if self._fo is not None:
@@ -344,9 +508,49 @@ class RecordingFiles:
             self._fo = None
 
     def _state(self, failure: str | None) -> None:
-        self.failure = failure
+        with self._cv:
+            self.failure = failure
         if self.on_state:
             self.on_state(failure)
+
+
+def scan_flows(path: str) -> tuple[int, int, bool]:
+    """(end of the last whole flow, file size, whether all before that end are whole flows
+    and only a torn tail -- a frame the file ends inside of -- may follow)."""
+    size = os.path.getsize(path)
+    good = 0
+    with open(path, "rb") as fo:
+        while good < size:
+            fo.seek(good)
+            head = fo.read(12)
+            colon = head.find(b":")
+            if colon < 0:
+                return good, size, len(head) < 12 and head.isdigit() or not head
+            if colon == 0 or not head[:colon].isdigit():
+                return good, size, False
+            end = good + colon + 1 + int(head[:colon]) + 1
+            if end > size:
+                return good, size, True  # the file ends inside this flow: a torn tail
+            fo.seek(good)
+            frame = fo.read(end - good)
+            try:
+                state = tnetstring.loads(frame)
+            except ValueError:
+                return good, size, False
+            if not isinstance(state, dict):
+                return good, size, False
+            good = end
+    return good, size, True
+
+
+def _resolve(loop, fut, value: bool) -> None:
+    def _set():
+        if not fut.done():
+            fut.set_result(value)
+    try:
+        loop.call_soon_threadsafe(_set)
+    except RuntimeError:  # loop already closed: nobody is waiting any more
+        pass
 
 
 class Recorder(Component):
@@ -370,15 +574,20 @@ class Recorder(Component):
                           "Directory of masked session recordings (mitmproxy flow files); empty disables them.")
         loader.add_option("pangate_recordings_rotate_mb", int, 64, "Start a new recording file at this size.")
         loader.add_option("pangate_recordings_rotate_minutes", int, 60, "Start a new recording file this often.")
+        loader.add_option("pangate_recordings_queue", int, 10000,
+                          "Most flows waiting in memory to be recorded; past that they are dropped, counted "
+                          "and the count audited (recordings_dropped).")
 
     def configure(self, updated):
         keys = {"pangate_recordings_dir", "pangate_recordings_rotate_mb", "pangate_recordings_rotate_minutes",
-                "pangate_audit_key"}
+                "pangate_recordings_queue", "pangate_audit_key"}
         if not keys & set(updated):
             return
         opts = ctx.options
         if opts.pangate_recordings_rotate_mb < 1 or opts.pangate_recordings_rotate_minutes < 1:
             raise exceptions.OptionsError("pangate_recordings_rotate_mb and _minutes must be at least 1")
+        if opts.pangate_recordings_queue < 1:
+            raise exceptions.OptionsError("pangate_recordings_queue must be at least 1")
         if self.files:
             self.files.close()
             self.files = None
@@ -387,7 +596,8 @@ class Recorder(Component):
         try:
             key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
             self.files = RecordingFiles(opts.pangate_recordings_dir, key, opts.pangate_recordings_rotate_mb << 20,
-                                        opts.pangate_recordings_rotate_minutes * 60, self._state_changed)
+                                        opts.pangate_recordings_rotate_minutes * 60, self._state_changed,
+                                        max_queue=opts.pangate_recordings_queue, on_event=self._event)
         except (OSError, ValueError) as e:
             raise exceptions.OptionsError(f"pangate recordings: {e}") from None
 
@@ -410,6 +620,13 @@ class Recorder(Component):
             self._loop.call_soon_threadsafe(lambda: events.emit(kind, alert=failure is not None,
                                                                 reason=failure or "recovered"))
 
+    def _event(self, kind: str, alert: bool, fields: dict) -> None:
+        """Writer thread (or configure, before the loop runs): an event for the audit trail."""
+        if self._loop is None:
+            events.emit(kind, alert=alert, **fields)
+        else:
+            self._loop.call_soon_threadsafe(lambda: events.emit(kind, alert=alert, **fields))
+
     def scrubber(self) -> Scrubber:
         policy = self.store.policy
         secret_map = self.credentials.secrets if self.credentials else None
@@ -424,21 +641,40 @@ class Recorder(Component):
         self._scrubber = (policy, secret_map, scrubber)
         return scrubber
 
-    def _save(self, flow) -> None:
+    def _save(self, flow) -> int | None:
         fc = FlowContext.of(flow)
         if self.files is None or fc.recording_saved:
-            return
+            return None
         fc.recording_saved = True
         # Scrubbed on the writer thread: masking a copy must not stall the event loop.
-        self.files.put((flow.copy(), self.scrubber()))
+        return self.files.put((flow.copy(), self.scrubber()), refused=fc.refused is not None)
 
     def http_connect(self, flow):
         if flow.response is not None and flow.response.status_code >= 300:
             self._save(flow)
 
     def response(self, flow):
-        if flow.websocket is None:
-            self._save(flow)
+        if flow.websocket is not None or self.files is None or FlowContext.of(flow).recording_saved:
+            return None
+        seq = self._save(flow)
+        if FlowContext.of(flow).refused is not None:
+            return None if seq is None else self._wait(seq)  # a refusal is answered either way
+        return self._withhold_unless_written(flow, seq)
+
+    async def _wait(self, seq: int) -> bool:
+        """The response goes out once its recording is in the file: a crash cannot lose a flow
+        its client was answered for."""
+        files = self.files
+        return files is not None and await files.awritten(seq, WAIT_SECONDS)
+
+    async def _withhold_unless_written(self, flow, seq: int | None) -> None:
+        if seq is not None and await self._wait(seq):
+            return
+        fc = FlowContext.of(flow)
+        refuse(flow, 503, "unavailable", "the session recording of this request could not be written; "
+               "the response was withheld", self.problem_code)
+        events.emit("recording_response_withheld", alert=True, request_id=fc.request_id,
+                    reason="dropped" if seq is None else "not written in time")
 
     def websocket_end(self, flow):
         self._save(flow)
