@@ -92,20 +92,21 @@ class Gateway:
         self.ca_cert = str(confdir / "mitmproxy-ca-cert.pem")
         self.tool = tool
         args = [str(VENV_BIN / tool), "-s", str(script or ROOT / "addons" / "gateway.py"),
-                "--listen-host", "127.0.0.1", "--listen-port", "0",
-                "--set", f"confdir={confdir}",
-                "--set", f"ssl_verify_upstream_trusted_ca={upstream_ca}",
-                "--set", f"pangate_policy={self.policy_path}",
-                "--set", f"pangate_audit_dir={self.audit_dir}",
-                "--set", f"pangate_audit_key={workdir / 'audit-signing.key'}",
-                "--set", "termlog_verbosity=info"]
-        if arm:
-            args += ["--set", f"block_list={ARM_BLOCK}"]
+                "--listen-host", "127.0.0.1", "--listen-port", "0"]
         if tool == "mitmweb":
             # mitmweb 12 prints the configured web port, so "0" would be printed as 0: pick one.
             args += ["--web-host", "127.0.0.1", "--web-port", str(free_port()), "--set", "web_open_browser=false"]
+        # The test's options replace these (mitmproxy loads no script when an option is set twice).
         # Every listener on a free port, so the suite runs beside a live gateway (which holds 8089).
-        options = {"pangate_control_listen": "127.0.0.1:0", **(options or {})}
+        defaults = {"confdir": str(confdir), "ssl_verify_upstream_trusted_ca": upstream_ca,
+                    "pangate_policy": str(self.policy_path), "pangate_audit_dir": str(self.audit_dir),
+                    "pangate_audit_key": str(workdir / "audit-signing.key"), "termlog_verbosity": "info",
+                    "pangate_control_listen": "127.0.0.1:0"}
+        if arm:
+            defaults["block_list"] = ARM_BLOCK
+        options = {**defaults, **(options or {})}
+        if "pangate_audit_dir" in (options or {}):
+            self.audit_dir = Path(options["pangate_audit_dir"])
         for k, v in options.items():
             for item in (v if isinstance(v, (list, tuple)) else [v]):  # a list sets a sequence option
                 args += ["--set", f"{k}={item}"]

@@ -657,6 +657,10 @@ class Recorder(Component):
         if flow.websocket is not None or self.files is None or FlowContext.of(flow).recording_saved:
             return None
         seq = self._save(flow)
+        if not ctx.options.pangate_audit_strict:
+            # Default mode: recordings follow the response within the writer's group window,
+            # like the audit trail's (the loss bound README states); no response waits for them.
+            return None
         if FlowContext.of(flow).refused is not None:
             return None if seq is None else self._wait(seq)  # a refusal is answered either way
         return self._withhold_unless_written(flow, seq)

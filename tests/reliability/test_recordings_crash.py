@@ -22,7 +22,8 @@ def test_kill_9_loses_no_answered_flow_and_leaves_no_unreadable_file(tmp_path, c
                                                                        upstream, mint):
     policy = policy_text(token_key, upstream.port)
     env = {"UPSTREAM_KEY": UPSTREAM_SECRET}
-    gw = Gateway(tmp_path, policy, confdir, pki.ca_cert, env=env)
+    gw = Gateway(tmp_path, policy, confdir, pki.ca_cert, env=env,
+                 options={"pangate_audit_strict": "true"})  # strict: no answered flow may go unrecorded
     s = gw.session("reader", mint("reader"))
     answered, enough, stop = [], threading.Event(), threading.Event()
 
