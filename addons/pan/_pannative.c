@@ -36,6 +36,7 @@ typedef Py_ssize_t ssz;
 #define MAXKEY 48
 #define MAXVAL 128
 #define GIL_RELEASE_BYTES (32 * 1024)
+#define SCAN_BLOCK (32 * 1024)
 
 enum { K_PAN, K_UNK, K_CVC, K_PIN, K_TRACKF, K_TRACK1, K_TRACK2, NKINDS };
 
@@ -622,10 +623,12 @@ static inline void sad_try(const Engine *E, const unsigned char *b, ssz n, ssz p
     F->nsad++;
 }
 
-static void scan_sad(const Engine *E, const unsigned char *b, ssz n, ssz base, ssz stop, Finds *F)
+/* Anchors at lo <= p < hi (hi <= n); *last is the start of the last SAD
+ * finding taken, across calls. */
+static void scan_sad(const Engine *E, const unsigned char *b, ssz n, ssz lo, ssz hi, ssz base, ssz stop,
+                     ssz *lastp, Finds *F)
 {
-    ssz hi = stop + MAXKEY < n ? stop + MAXKEY : n, last = -1, p = base;
-    if (p < 0) p = 0;
+    ssz last = *lastp, p = lo;
 #ifdef __SSE2__
     /* 16 positions at a time: the first two letters of an anchor (cv, ci,
      * cs, pi, tr, se, case-folded with | 0x20); hits are checked in full. */
@@ -654,6 +657,7 @@ static void scan_sad(const Engine *E, const unsigned char *b, ssz n, ssz base, s
         unsigned char c0 = b[p] | 0x20;
         if (c0 == 'c' || c0 == 'p' || c0 == 't' || c0 == 's') sad_try(E, b, n, p, base, stop, &last, F);
     }
+    *lastp = last;
 }
 
 /* ---- the scan: scan.Scanner.scan --------------------------------------- */
@@ -696,43 +700,56 @@ static int scan(const Engine *E, const unsigned char *b, ssz n, ssz base, ssz st
         while (pos && RUNCH[b[pos - 1]]) pos--;
     }
     ssz endr = stop + 2;  /* a track finding starts 2 bytes before its PAN */
-    /* Every maximal run of >= 12 digits/separators starting in [pos, endr).
-     * k is always at a run head or right after a byte that is not in a run;
-     * a run of 12 covers k + 11 if it starts in [k, k + 11]. */
+    ssz sadhi = stop + MAXKEY < n ? stop + MAXKEY : n, sadlast = -1;
+    /* Every maximal run of >= 12 digits/separators starting in [pos, endr),
+     * and the SAD anchors in [base, sadhi), walked in cache-sized blocks so
+     * both read each block from cache. k is always at a run head or right
+     * after a byte that is not in a run; a run of 12 covers k + 11 if it
+     * starts in [k, k + 11]. */
     ssz k = pos;
-    while (k < endr && k + 12 <= n) {
+    for (ssz blk = pos; blk < endr || (E->sad && blk < sadhi); blk += SCAN_BLOCK) {
+        ssz lim = blk + SCAN_BLOCK < endr ? blk + SCAN_BLOCK : endr;
+        while (k < lim && k + 12 <= n) {
 #ifdef __SSE2__
-        /* Skip 16 bytes at a time while no 12 flags in a row can be
-         * completed: two 16-byte masks, r12 has bit i for a run at k + i. */
-        if (k + 32 <= n) {
-            unsigned m = runch16(b + k) | (runch16(b + k + 16) << 16);
-            unsigned r = m & (m >> 1);
-            r &= r >> 2;
-            r &= r >> 4;
-            r &= (m >> 8) & (m >> 9) & (m >> 10) & (m >> 11);
-            if (!(r & 0xFFFF)) {
-                /* No run starts in k..k+15. k + 16 may sit inside a
-                 * sequence of digits/separators that started there, but
-                 * that one is shorter than 12 (or a run would start in
-                 * k..k+15), so it cannot be taken for a run's head. */
-                k += 16;
-                continue;
+            /* 16 positions at a time while no 12 flags in a row: r has bit i
+             * for a run at k + i. */
+            if (k + 32 <= n) {
+                unsigned m = runch16(b + k) | (runch16(b + k + 16) << 16);
+                unsigned r = m & (m >> 1);
+                r &= r >> 2;
+                r &= r >> 4;
+                r &= (m >> 8) & (m >> 9) & (m >> 10) & (m >> 11);
+                if (!(r & 0xFFFF)) {
+                    /* No run starts in k..k+15. k + 16 may sit inside a
+                     * sequence of digits/separators that started there, but
+                     * that one is shorter than 12 (or a run would start in
+                     * k..k+15), so it cannot be taken for a run's head. */
+                    k += 16;
+                    continue;
+                }
             }
-        }
 #endif
-        if (!RUNCH[b[k + 11]]) { k += 12; continue; }
-        ssz j = k + 11;
-        while (j > k && RUNCH[b[j - 1]]) j--;
-        ssz e = k + 12;
-        while (e < n && RUNCH[b[e]]) e++;
-        if (e - j >= 12) {
-            if (j >= endr) break;
-            run(E, b, n, j, e, base, stop, F);
-            if (F->oom) return -1;
+            if (!RUNCH[b[k + 11]]) { k += 12; continue; }
+            ssz j = k + 11;
+            while (j > k && RUNCH[b[j - 1]]) j--;
+            ssz e = k + 12;
+            while (e < n && RUNCH[b[e]]) e++;
+            if (e - j >= 12) {
+                if (j >= lim) {  /* the next block's (or past the range) */
+                    k = j;
+                    break;
+                }
+                run(E, b, n, j, e, base, stop, F);
+                if (F->oom) return -1;
+            }
+            k = e + 1;
         }
-        k = e + 1;
+        if (E->sad) {
+            ssz lo = blk > base ? blk : base, hi = blk + SCAN_BLOCK < sadhi ? blk + SCAN_BLOCK : sadhi;
+            if (lo < hi) scan_sad(E, b, n, lo, hi, base, stop, &sadlast, F);
+        }
+        if (F->oom) return -1;
     }
-    if (E->sad) scan_sad(E, b, n, base, stop, F);
     if (F->oom) return -1;
     if (F->nsad) qsort(F->v, F->n, sizeof(Find), find_cmp);
     return 0;
