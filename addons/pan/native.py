@@ -102,7 +102,8 @@ def choose(reference, environ=None) -> tuple[str, str]:
         except Exception as e:  # a broken build must not take the gateway down in auto mode
             why = f"self-check raised {type(e).__name__}: {e}"
     if why is None:
-        return "native", f"native (C, {_MOD.RULES['simd']}, GIL released over {_MOD.RULES['gil_release_bytes'] // 1024} KiB)"
+        r = _MOD.RULES
+        return "native", f"native (C, {r['simd']}, GIL released from {r['gil_release_bytes'] // 1024} KiB)"
     if want == "native":
         raise EngineUnavailable(f"PANGATE_ENGINE=native, but the native PAN engine is unavailable: {why}")
     return "python", f"python (native engine unavailable: {why})"
