@@ -66,9 +66,6 @@ _MAX_PENDING (64 KiB), which is cut anyway so memory stays bounded.
 
 from __future__ import annotations
 
-import hashlib
-import hmac as _hmac
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -99,13 +96,14 @@ _LOOKAHEAD = 256
 assert _LOOKAHEAD >= max(_PAN_READ, _SAD_READ)
 _MAX_PENDING = 1 << 16
 
-log = logging.getLogger("pangate.pan")
-
 
 def _native_failed(exc: BaseException) -> None:
-    # The message names the exception only: never the data being masked.
-    log.error("pangate PAN engine: a native call failed (%s: %s); masked with the Python engine instead",
-              type(exc).__name__, exc)
+    # The message names the exception only: never the data being masked. (logging,
+    # like hashlib below, is imported when needed: `pangate mask` pays for its imports.)
+    import logging
+    logging.getLogger("pangate.pan").error(
+        "pangate PAN engine: a native call failed (%s: %s); masked with the Python engine instead",
+        type(exc).__name__, exc)
 
 
 def masker_from(mode: str = "bin6last4", hmac_key_env: str | None = None, environ=None, *,
@@ -188,6 +186,11 @@ class Masker:
         if want not in ("native", "python"):
             raise ValueError(f"unknown PAN engine {engine!r}; expected native or python")
         self._native = None
+        if want == "native" and mode == "hmac" and engine is None:
+            why = _native.hmac_self_check(_reference)
+            if why:  # the process chose native: this masker falls back, and says so
+                _native_failed(RuntimeError(why))
+                want = "python"
         if want == "native":
             self._native = _native.engine_for(bin6=mode == "bin6last4", sad_=sad, strict_brand=strict_brand,
                                               hmac_key=self._key if mode == "hmac" else None)
@@ -284,6 +287,8 @@ class Masker:
         return bytes(out)
 
     def _token(self, span: bytes, digits: bytes) -> bytes:
+        import hashlib
+        import hmac as _hmac
         num = int.from_bytes(_hmac.new(self._key, b"pangate-pan-v1:" + digits,
                                        hashlib.sha256).digest(), "big")
         out = bytearray(span)
