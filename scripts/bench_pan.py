@@ -190,7 +190,7 @@ def cli_results(corpora: dict, mb: float, repeat: int, engines: list[str]) -> di
     with tempfile.TemporaryDirectory() as tmp:
         for name in ("sparse", "dense"):
             path = os.path.join(tmp, name)
-            data = corpora[name][:int(mb * 1e6)]
+            data = corpora[name]
             Path(path).write_bytes(data)
             row = {"mb": round(len(data) / 1e6, 1)}
             runs = {"baseline": ([sys.executable, "-c", BASELINE], None)}
@@ -223,17 +223,20 @@ def main(argv=None) -> int:
         engines.remove("native")
     print(f"process engine: {pan_engine.ENGINE_DETAIL}", flush=True)
     rng = random.Random(7812)
-    size = int(max(args.mb, args.cli_mb) * 1e6)
+    size = int(args.mb * 1e6)
     sparse, dense = sparse_json(size, rng), dense_csv(size, rng)
     clean = sparse.replace(b'"note"', b'"n0te"')
     for p in PANS:
         for f in FORMATS:
             clean = clean.replace(f(p).encode(), b"x" * len(f(p)))
-    n = int(args.mb * 1e6)
-    corpora = {"sparse": sparse[:n], "dense": dense[:n], "clean": clean[:n]}
+    corpora = {"sparse": sparse, "dense": dense, "clean": clean}
     results = {e: engine_results(e, corpora, args.repeat) for e in engines}
     if args.cli_mb:
-        results["cli"] = cli_results({"sparse": sparse, "dense": dense}, args.cli_mb, args.repeat, engines)
+        if args.cli_mb != args.mb:
+            rng = random.Random(7812)
+            size = int(args.cli_mb * 1e6)
+            corpora = {"sparse": sparse_json(size, rng), "dense": dense_csv(size, rng)}
+        results["cli"] = cli_results(corpora, args.cli_mb, args.repeat, engines)
     if args.json:
         print(json.dumps({"bench": "pan", "python": sys.version.split()[0], "engine": pan_engine.ENGINE,
                           "results": results}))
