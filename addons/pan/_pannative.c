@@ -1265,9 +1265,9 @@ PyMODINIT_FUNC PyInit__pannative(void)
     /* The fixed rule constants this transcription assumes; native.py
      * compares them with the Python modules before using the engine. */
     PyObject *rules = Py_BuildValue(
-        "{s:y,s:i,s:i,s:i,s:y,s:y,s:(yyyyyyy),s:i,s:s}", "seps", SEPS, "max_gap", MAX_GAP, "maxkey", MAXKEY,
+        "{s:y,s:i,s:i,s:i,s:y,s:y,s:(yyyyyyy),s:n,s:s}", "seps", SEPS, "max_gap", MAX_GAP, "maxkey", MAXKEY,
         "maxval", MAXVAL, "after_key", "\"']%:= \t>", "track_lead", ";Bb", "anchors", "cvv", "cvc", "cid", "csc",
-        "pin", "track", "security", "gil_release_bytes", GIL_RELEASE_BYTES, "simd",
+        "pin", "track", "security", "gil_release_bytes", (Py_ssize_t)GIL_RELEASE_BYTES, "simd",
 #ifdef __SSE2__
         "sse2"
 #else
