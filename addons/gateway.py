@@ -14,9 +14,11 @@ from pangate.chain.datapath import chain
 from pangate.control.addon import Control
 from pangate.credentials.addon import Credentials
 from pangate.dlp.addon import Dlp
+from pangate.exchange.addon import Exchange
 from pangate.export.addon import Export
 from pangate.identity.addon import Identify, Revocations
 from pangate.masking.addon import ResponseMasking
+from pangate.monitor.addon import Monitor
 from pangate.policy.addon import PolicyStore
 from pangate.recording.addon import Recorder
 
@@ -30,6 +32,7 @@ addons = chain(
     store,
     revocations,
     Identify(store, revocations),
+    Exchange(store, revocations),  # off unless pangate_exchange_listen: SAML/OIDC in, pangate token out
     Authorize(store),
     AddressGuard(store),  # resolves only allowed destinations, pins the checked address
     Dlp(store),  # needs the decided destination; before any credential is added
@@ -39,5 +42,6 @@ addons = chain(
     ResponseMasking(store, credentials),  # also redacts an echoed credential in streamed bodies
     audit,
     Recorder(store, credentials),  # after Audit: saves what the client finally got
+    Monitor(store, audit),  # detectors, alerts and metrics on finished flows; never refuses one
     Export(audit),  # ships durable audit records to SIEM collectors, off the data path
 )

@@ -104,7 +104,9 @@ class Gateway:
         if tool == "mitmweb":
             # mitmweb 12 prints the configured web port, so "0" would be printed as 0: pick one.
             args += ["--web-host", "127.0.0.1", "--web-port", str(free_port()), "--set", "web_open_browser=false"]
-        for k, v in (options or {}).items():
+        # Every listener on a free port, so the suite runs beside a live gateway (which holds 8089).
+        options = {"pangate_control_listen": "127.0.0.1:0", **(options or {})}
+        for k, v in options.items():
             for item in (v if isinstance(v, (list, tuple)) else [v]):  # a list sets a sequence option
                 args += ["--set", f"{k}={item}"]
         full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}

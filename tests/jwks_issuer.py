@@ -16,6 +16,7 @@ API
       .ca_file       PEM of the test CA (pass as Issuer.ca_file or requests verify=)
       .hits          collections.Counter of request paths served
       .status        HTTP status to answer with (set 503 to simulate an outage)
+      .delay         seconds to wait before answering (a slow IdP); 0 by default
       .add_key(alg, kid=None, publish=True) -> kid
       .rotate(alg) -> kid           new key for alg becomes current; old keys of alg unpublished
       .unpublish(kid)
@@ -128,6 +129,7 @@ class JwksIssuer:
         self.tls = tls
         self.hits: collections.Counter = collections.Counter()
         self.status = 200
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._keys: dict[str, tuple[str, object]] = {}  # kid -> (alg, private key)
         self._published: list[str] = []
@@ -147,6 +149,8 @@ class JwksIssuer:
                 path = self.path.split("?", 1)[0]
                 with issuer._lock:
                     issuer.hits[path] += 1
+                if issuer.delay:
+                    time.sleep(issuer.delay)
                 if issuer.status != 200:
                     body, code = b"{}", issuer.status
                 elif path == DISCOVERY_PATH:

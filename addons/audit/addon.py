@@ -24,6 +24,7 @@ from pangate.audit.keys import load_or_create_signing_key
 from pangate.audit.log import AuditWriter
 from pangate.chain.context import KEY, FlowContext, refuse
 from pangate.chain.failsafe import FLOW_HOOKS, Component
+from pangate.export.delivery import direct_alerts
 from pangate.pan.engine import Masker
 
 log = logging.getLogger("pangate")
@@ -137,7 +138,7 @@ class Audit(Component):
                 "pangate_audit_rotate_mb"} & set(updated):
             try:
                 os.makedirs(opts.pangate_audit_dir, exist_ok=True)
-                key = load_or_create_signing_key(opts.pangate_audit_key)
+                key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
                 if self.writer:  # one writer per directory at a time: the old one seals its file first
                     self.writer.close()
                     self.writer = None
@@ -150,7 +151,7 @@ class Audit(Component):
                 raise exceptions.OptionsError(f"pangate audit: {e}") from None
             self.writer = writer
             self.healthy, self.problem = True, ""
-            events.subscribe(self._event)
+            events.subscribe(self._event, records=True)  # it also gets what was raised before it
 
     def _state_changed(self, healthy: bool, reason: str) -> None:
         """Called on the writer's thread: flip health now, report from the event loop."""
@@ -158,6 +159,7 @@ class Audit(Component):
         self.problem = "" if healthy else f"audit records cannot be written ({reason}); requests are refused until they can"
         emit = functools.partial(events.emit, "audit_write_recovered" if healthy else "audit_write_failed",
                                  alert=not healthy, reason=reason)
+        direct_alerts.push("audit_write_recovered" if healthy else "audit_write_failed", alert=not healthy, reason=reason)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(emit)
 
@@ -182,8 +184,10 @@ class Audit(Component):
         if fc.recorded or self.writer is None:
             return None
         fc.recorded = True
-        record = flow_record(flow, credential_params(self.store.policy))
-        seq = self.writer.append(record)
+        # The writer scrubs every string of the record before hashing it; the decision line
+        # quotes the record as written, never the raw request (a refused path, Host or CONNECT
+        # target can carry a card number).
+        seq, record = self.writer.add(flow_record(flow, credential_params(self.store.policy)))
         log.info("pangate decision id=%s identity=%s outcome=%s code=%s status=%s %s %s://%s:%s%s rule=%s",
                  record["request_id"], (record["identity"] or {}).get("name"), record["outcome"],
                  record["code"], record["status"], record["destination"]["method"],

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 
 from cryptography.exceptions import InvalidSignature
@@ -27,8 +28,34 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def load_or_create_signing_key(path: str) -> Ed25519PrivateKey:
+class SigningKeyMissing(ValueError):
+    """The signing key is gone while a trail it sealed exists: starting would break the evidence."""
+
+
+def has_audit_trail(directory: str | None) -> bool:
+    if not directory:
+        return False
+    from pangate.audit.log import FILE_RE  # the writer imports this module: import late
+    try:
+        return any(FILE_RE.match(n) for n in os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def missing_key_message(path: str, audit_dir: str) -> str:
+    return (f"audit signing key {path} is missing but {audit_dir} holds an audit trail it sealed; "
+            f"restore the key, or rotate on purpose: pangate audit rotate-key --key {path} "
+            f"--audit-dir {audit_dir} --lost --reason TEXT")
+
+
+def load_or_create_signing_key(path: str, audit_dir: str | None = None) -> Ed25519PrivateKey:
     """Load the Ed25519 key at `path`, creating it (0600) and `<path>.pub` if missing.
+
+    A key is created only for a new trail: when `audit_dir` already holds audit
+    files, a missing key raises SigningKeyMissing instead. A fresh key would
+    overwrite `<path>.pub` and seal the continued chain with a key nothing links
+    to the old one, so the whole trail would fail verification with either key.
+    Replacing a key is `pangate audit rotate-key`, which records the change.
 
     Keep it outside the audit dir: whoever can rewrite the logs must not also hold
     the key that seals them."""
@@ -42,7 +69,39 @@ def load_or_create_signing_key(path: str) -> Ed25519PrivateKey:
         return serialization.load_pem_private_key(data, password=None)
     except FileNotFoundError:
         pass
+    if has_audit_trail(audit_dir):
+        raise SigningKeyMissing(missing_key_message(path, audit_dir))
     return create_key_pair(path)  # O_EXCL: a key made meanwhile by another process is never clobbered
+
+
+def public_raw(public_key: Ed25519PublicKey) -> str:
+    """The 32 raw bytes of a public key, base64: how key_rotation records carry the new key."""
+    return base64.b64encode(public_key.public_bytes(serialization.Encoding.Raw,
+                                                    serialization.PublicFormat.Raw)).decode()
+
+
+def retired_pub_path(key_path: str, kid: str) -> str:
+    """Where rotation keeps a retired public key: `<key>.<key id>.pub`, beside `<key>.pub`."""
+    return f"{key_path}.{kid}.pub"
+
+
+def load_keyring(paths) -> dict[str, Ed25519PublicKey]:
+    """Public keys by key id from the given files (or key objects), plus the retired public keys
+    that rotation keeps beside each file (`<key>.<key id>.pub` next to `<key>.pub`)."""
+    ring: dict[str, Ed25519PublicKey] = {}
+    for src in paths:
+        pub = load_public_key(src)
+        ring[key_id(pub)] = pub
+        if isinstance(src, (str, os.PathLike)) and os.fspath(src).endswith(".pub"):
+            base = os.path.basename(os.fspath(src))[:-4]
+            folder = os.path.dirname(os.path.abspath(src))
+            for name in sorted(os.listdir(folder)):
+                m = re.fullmatch(re.escape(base) + r"\.([0-9a-f]{16})\.pub", name)
+                if m:
+                    old = load_public_key(os.path.join(folder, name))
+                    if key_id(old) == m.group(1):  # a file misnamed is not trusted under another id
+                        ring[m.group(1)] = old
+    return ring
 
 
 def load_public_key(src) -> Ed25519PublicKey:
@@ -102,7 +161,12 @@ def verify_file(path: str, public_key) -> tuple[bool, str]:
         return False, "file missing (signature present)"
     if size != doc.get("size") or digest != doc.get("sha256"):
         return False, "content changed since signing (sha256/size mismatch)"
-    pub = load_public_key(public_key)
+    if isinstance(public_key, dict):  # a keyring: the key the signature names
+        pub = public_key.get(doc.get("key_id"))
+        if pub is None:
+            return False, f"signed by key {doc.get('key_id')}, which is not among the known keys"
+    else:
+        pub = load_public_key(public_key)
     if doc.get("key_id") != key_id(pub):
         return False, f"signed by key {doc.get('key_id')}, not {key_id(pub)}"
     try:

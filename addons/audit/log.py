@@ -61,8 +61,9 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pangate.audit.keys import key_id
+from pangate.audit.keys import key_id, public_raw
 from pangate.common.files import write_atomic
+from pangate.sinks.scrubber import SinkScrubber, default as default_scrubber, generated_id
 
 log = logging.getLogger("pangate.audit.addon")
 
@@ -72,7 +73,7 @@ FILE_RE = re.compile(r"^audit-(\d{8})-(\d{4,})\.jsonl$")
 FORBIDDEN_KEYS = frozenset({"token", "authorization", "proxy-authorization", "password", "secret"})
 # Written only by the writer; a caller using them would confuse the verifier.
 RESERVED_EVENTS = frozenset({"checkpoint", "retention", "audit_start", "audit_stop", "audit_recovered",
-                             "refusals_coalesced"})
+                             "refusals_coalesced", "key_rotation"})
 RESERVE = ".reserve"
 MAX_COALESCED_KEYS = 1000  # (code, identity) pairs kept apart during one outage; the rest are pooled
 
@@ -175,6 +176,60 @@ def check_record(rec, _depth: int = 0) -> None:
                 check_record(v, _depth + 1)
 
 
+# Written by the writer from its own hashes and signatures, never from what it was given.
+WRITER_OWNED = frozenset({"seq", "prev", "head", "sig", "key_id", "covers", "last_removed_hash"})
+
+
+def scrub_record(rec, scrubber: SinkScrubber, _depth: int = 0, _skip=frozenset()):
+    """A copy of rec with every string (keys included, at any depth) passed through the sink
+    scrubber. Only strings are touched: numbers, booleans and None are returned as they are.
+
+    This runs for every record on the event loop, so the common case is inlined: a string the
+    scrubber already found clean (records reuse a small vocabulary) costs one set lookup."""
+    clean, text = scrubber.known_clean(), scrubber.text
+    t = type(rec)
+    if t is dict:
+        out = {}
+        for k, v in rec.items():
+            if k in _skip:
+                out[k] = v
+                continue
+            tv = type(v)
+            if tv is str:
+                if v not in clean and not generated_id(k, v):
+                    v = text(v)
+            elif not (tv is int or tv is float or tv is bool or v is None):
+                v = scrub_record(v, scrubber, _depth + 1)
+            out[k if k in clean or type(k) is not str else text(k)] = v
+        return out
+    if t is list or t is tuple:
+        return [scrub_record(v, scrubber, _depth + 1) for v in rec]
+    if isinstance(rec, str):
+        return text(str(rec))
+    if isinstance(rec, (bytes, bytearray)):  # not JSON: recorded as the scrubbed text it holds
+        return text(bytes(rec).decode("utf-8", "replace"))
+    if isinstance(rec, dict):
+        return scrub_record(dict(rec), scrubber, _depth)
+    if isinstance(rec, (list, tuple)):
+        return scrub_record(list(rec), scrubber, _depth)
+    return rec
+
+
+def scrub_line(line: bytes, scrubber: SinkScrubber | None = None) -> bytes:
+    """An audit line as it may leave for a collector: its records scrubbed again (they were at
+    append; this is the export's own wall). The same bytes unless something had to change, so a
+    collector can still verify the chain; a line that is not a record is not sent as it is."""
+    scrubber = scrubber or default_scrubber()
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return scrubber.data(line)
+    if not isinstance(rec, dict):
+        return scrubber.data(line)
+    clean = scrub_record(rec, scrubber, _skip=WRITER_OWNED)
+    return line if clean == rec else dumps_line(clean)
+
+
 def iter_lines_reverse(path: str, chunk: int = 1 << 20):
     """Complete lines (without newline) from the end; a torn tail is skipped."""
     with open(path, "rb") as f:
@@ -236,7 +291,8 @@ class AuditWriter:
                  retry_interval: float = 0.5, reserve_bytes: int = 1 << 20,
                  coalesce: Callable[[dict], tuple | None] | None = refusal_key,
                  on_state_change: Callable[[bool, str], None] | None = None,
-                 clock: Callable[[], float] = time.time, fileops: FileOps | None = None):
+                 clock: Callable[[], float] = time.time, fileops: FileOps | None = None,
+                 scrubber: SinkScrubber | None = None):
         self.directory = os.path.abspath(directory)
         self._key = signing_key
         self._key_id = key_id(signing_key.public_key())
@@ -251,6 +307,7 @@ class AuditWriter:
         self._on_state_change = on_state_change
         self._clock = clock
         self._ops = fileops or FileOps()
+        self._scrubber = scrubber or default_scrubber()  # every record passes it before it is hashed
         self._reserve_bytes = reserve_bytes
         self._coalesce = coalesce
         self._coalesced: dict[tuple, list] = {}  # key -> [count, first time, last time]
@@ -372,12 +429,19 @@ class AuditWriter:
     def append(self, record: dict) -> int:
         """Queue one record; return its seq. Raises ValueError for forbidden or
         writer-owned fields, AuditBacklogFull / AuditClosed when it cannot accept."""
+        return self.add(record)[0]
+
+    def add(self, record: dict) -> tuple[int, dict]:
+        """append(), also returning the record as written (scrubbed): what a log line may quote.
+
+        Every record, whoever built it (flows, events, alerts), passes the sink scrubber
+        here, before it is hashed: this is the one way into the trail."""
         check_record(record)
         if "seq" in record or "prev" in record:
             raise ValueError("seq and prev are assigned by the audit writer")
         if record.get("event") in RESERVED_EVENTS:
             raise ValueError(f"event {record.get('event')!r} is reserved for the audit writer")
-        rec = dict(record)
+        rec = scrub_record(record, self._scrubber)
         with self._lock:
             if self._stopping:
                 raise AuditClosed("audit writer is closed")
@@ -385,7 +449,7 @@ class AuditWriter:
                 key = self._coalesce(rec)
                 if key is not None:
                     self._count_refusal_locked(key)
-                    return 0
+                    return 0, rec
             if len(self._pending) >= self._max_backlog:
                 raise AuditBacklogFull(f"audit backlog full ({len(self._pending)} records unwritten): {self._failure}")
             seq = self._append_locked(rec)
@@ -394,7 +458,38 @@ class AuditWriter:
                 self._wake.notify()
             elif self._idle:
                 self._wake.notify()
-            return seq
+            return seq, rec
+
+    @property
+    def key_id(self) -> str:
+        return self._key_id
+
+    def rotate_key(self, new_key: Ed25519PrivateKey, *, reason: str = "", lost: bool = False,
+                   old_key_id: str | None = None) -> int:
+        """Record a change of signing key and sign with `new_key` from now on; returns the record's seq.
+
+        Normally the `key_rotation` record (old and new key ids, the new public key) is
+        sealed at once by a checkpoint signed with the OLD key, so the verifier can
+        trust the new key on the old one's word. `lost=True` is for an old key that is
+        gone: the writer was opened with the new key already, `old_key_id` names the
+        lost one, and the record is sealed only by the new key, which the verifier
+        then needs from the operator."""
+        new_id = key_id(new_key.public_key())
+        rec = {"event": "key_rotation", "old_key_id": old_key_id if lost else self._key_id,
+               "new_key_id": new_id, "new_public_key": public_raw(new_key.public_key()),
+               "sealed": not lost, "reason": reason}
+        with self._lock:
+            if self._stopping:
+                raise AuditClosed("audit writer is closed")
+            if lost and new_id != self._key_id:
+                raise ValueError("a rotation without the old key needs the writer opened with the new key")
+            seq = self._append_locked(rec)
+            if not lost:
+                self._checkpoint_locked("key_rotation")
+            self._key, self._key_id = new_key, new_id
+            self._urgent = True
+            self._wake.notify()
+        return seq
 
     def wait_durable(self, seq: int, timeout: float | None = None) -> bool:
         """Block until record `seq` is written (and fsynced if fsync=True)."""
@@ -476,6 +571,7 @@ class AuditWriter:
                                "refusals": rows})
 
     def _append_internal(self, rec: dict) -> int:
+        rec = scrub_record(rec, self._scrubber, _skip=WRITER_OWNED)  # reasons quote paths, OS messages
         with self._lock:
             seq = self._append_locked(rec)
             if self._stopping:  # e.g. audit_recovered during close: the log must still end sealed

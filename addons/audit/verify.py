@@ -24,6 +24,14 @@ removed old files; then the first remaining record (seq S, prev P) is accepted
 only if some chained `retention` record states last_removed_seq = S-1 and
 last_removed_hash = P. That record is itself sealed by later checkpoints.
 
+Key rotation: checkpoints carry the key_id that signed them, and the verifier
+holds a keyring (key id -> public key). A `key_rotation` record names the old and
+new key ids and carries the new public key. Sealed by a checkpoint of the old key
+(the normal case), it makes the new key trusted on the old one's word; recorded
+without the old key (`sealed: false`, the old key was lost), the new key must be
+in the keyring the operator gave: nothing unsealed in the trail is trusted. Any
+other change of key id between checkpoints is a bad_signature.
+
 Without a public key the chain is still checked but signatures are not
 (`report.signatures_checked` is False); an attacker who can write the files could
 then rewrite the whole chain, so always pass the key for evidence.
@@ -39,7 +47,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 
-from pangate.audit.keys import key_id, load_public_key, verify_file
+from pangate.audit.keys import key_id, load_keyring, load_public_key, verify_file
 from pangate.audit.log import GENESIS, checkpoint_message, line_hash, list_audit_files
 
 
@@ -62,6 +70,8 @@ class VerifyReport:
     where_seq: int | None = None
     # Restarts after a crash: {"last_record": time, "restarted": time, "after_seq": n, "file": name}
     unclean_shutdowns: list = field(default_factory=list)
+    # Signing key changes: {"seq", "time", "old_key_id", "new_key_id", "sealed", "reason"}
+    rotations: list = field(default_factory=list)
 
     def fail(self, kind: str, item: "_Line | None", error: str) -> "VerifyReport":
         self.ok, self.kind, self.error = False, kind, error
@@ -84,6 +94,11 @@ class VerifyReport:
             out.append(f"  unclean shutdown: the writer stopped without closing after seq {u['after_seq']} "
                        f"({u['last_record']}) and restarted at {u['restarted']}; records of flows in that "
                        "window may be missing")
+        for r in self.rotations:
+            how = ("sealed by the old key" if r["sealed"] else
+                   "recorded WITHOUT the old key (lost); the new key was taken from the keys given, not the log")
+            out.append(f"  key rotation at seq {r['seq']} ({r['time']}): {r['old_key_id']} -> {r['new_key_id']}, "
+                       f"{how}" + (f"; reason: {r['reason']}" if r.get("reason") else ""))
         out += [f"  note: {n}" for n in self.notes]
         if not self.ok:
             out.append(f"  error: {self.error}")
@@ -170,7 +185,67 @@ def _classify(item: _Line, prev: _Line, pprev_hash: str | None, nxt: _Line | Non
     return "reordered", item, f"seq {s} appears after seq {prev.seq}"
 
 
-def _check_checkpoint(item: _Line, cp_first: int, first_cp_lenient: bool, pub):
+class _Keys:
+    """Which key must sign the next checkpoint, following key_rotation records."""
+
+    def __init__(self, ring: dict):
+        self.given = dict(ring)   # what the operator supplied: trusted without the log's word
+        self.ring = dict(ring)    # plus keys introduced by sealed rotations
+        self.current: str | None = None  # key id of the last verified checkpoint
+        self.pending: dict | None = None  # a key_rotation since the last checkpoint
+
+    def rotation(self, rec: dict) -> str | None:
+        """Check a key_rotation record where it appears; an error message or None."""
+        if self.pending is not None:
+            return "two key rotations without a checkpoint between them"
+        new_id, raw = rec.get("new_key_id"), rec.get("new_public_key")
+        try:
+            pub = load_public_key(base64.b64decode(raw or "", validate=True))
+        except (ValueError, TypeError):
+            return "key_rotation record without a readable new public key"
+        if key_id(pub) != new_id:
+            return f"key_rotation names new key {new_id} but carries key {key_id(pub)}"
+        if self.current is not None and rec.get("old_key_id") != self.current:
+            return f"key_rotation from key {rec.get('old_key_id')}, but the log was signed by {self.current}"
+        self.pending = {"rec": rec, "pub": pub}
+        return None
+
+    def signer(self, kid: str, checking: bool):
+        """The public key a checkpoint by `kid` must verify with: (kind, message) on failure."""
+        p = self.pending
+        if p is not None and p["rec"].get("sealed") is not False:
+            want = self.current if self.current is not None else p["rec"].get("old_key_id")
+            if kid != want:
+                return None, ("bad_signature", f"key rotation not sealed by the old key {want} "
+                                               f"(checkpoint signed by {kid})")
+        elif p is not None:  # lost: the new key seals it, and only a key the operator gave counts
+            if kid != p["rec"].get("new_key_id"):
+                return None, ("bad_signature", f"checkpoint after a rotation to {p['rec'].get('new_key_id')} "
+                                               f"is signed by {kid}")
+            if checking and kid not in self.given:
+                return None, ("bad_signature", f"key rotation to {kid} was recorded without the old key: "
+                                               "give its public key with --pubkey to trust it")
+        elif self.current is not None and kid != self.current:
+            return None, ("bad_signature", f"signed by key {kid}, but the log was signed by {self.current} "
+                                           "and records no key rotation")
+        if not checking:
+            return None, None
+        pub = self.ring.get(kid)
+        if pub is None:
+            known = ", ".join(sorted(self.ring)) or "-"
+            return None, ("bad_signature", f"signed by key {kid}, verifying with key(s) {known}")
+        return pub, None
+
+    def checkpoint_done(self, kid: str) -> None:
+        p, self.pending = self.pending, None
+        if p is not None and p["rec"].get("sealed") is not False:
+            self.current = p["rec"]["new_key_id"]
+            self.ring.setdefault(self.current, p["pub"])
+        else:
+            self.current = kid
+
+
+def _check_checkpoint(item: _Line, cp_first: int, first_cp_lenient: bool, keys: _Keys, checking: bool):
     rec = item.rec
     if not rec.get("sig") or not rec.get("key_id"):
         return "missing_signature", "checkpoint without signature"
@@ -182,10 +257,11 @@ def _check_checkpoint(item: _Line, cp_first: int, first_cp_lenient: bool, pub):
         return "edited", f"checkpoint covers {covers}, chain says [{cp_first}, {item.seq - 1}]"
     if rec.get("file") != os.path.basename(item.path):
         return "edited", f"checkpoint sealed file {rec.get('file')}, found in {os.path.basename(item.path)}"
+    pub, bad = keys.signer(rec["key_id"], checking)
+    if bad is not None:
+        return bad
     if pub is None:
         return None
-    if rec["key_id"] != key_id(pub):
-        return "bad_signature", f"signed by key {rec['key_id']}, verifying with key {key_id(pub)}"
     try:
         msg = checkpoint_message(item.seq, rec["head"], covers, rec["file"], rec.get("time", ""),
                                  rec.get("reason", ""), rec.get("every", 0))
@@ -211,6 +287,9 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
                recordings: str | None = None) -> VerifyReport:
     """Verify a directory, one file, or an ordered list of files.
 
+    `public_key` is one key (object, PEM bytes or path) or a list of them: the
+    keyring. A path `<key>.pub` brings the retired keys rotation kept beside it.
+
     `checkpoint_every` is the unsigned-stretch limit until the first checkpoint;
     after that each checkpoint's own signed `every` applies. None disables it.
     `recordings` is a directory of session recordings: each must carry a valid
@@ -223,8 +302,12 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
         if live and found and not os.path.exists(found[-1] + ".sig"):
             unsigned_ok = found[-1]
     rep = VerifyReport(files=files)
-    pub = load_public_key(public_key) if public_key is not None else None
-    rep.signatures_checked = pub is not None
+    if public_key is None:
+        ring = {}
+    else:
+        ring = load_keyring(public_key if isinstance(public_key, (list, tuple)) else [public_key])
+    keys = _Keys(ring)
+    checking = rep.signatures_checked = bool(ring)
     total = sum(os.path.getsize(f) for f in files)
 
     lines = _read(files, progress, total)
@@ -254,9 +337,10 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
             return rep.fail(kind, where, msg)
 
         if rec.get("event") == "checkpoint":
-            bad = _check_checkpoint(item, cp_first, anchor is not None and rep.checkpoints == 0, pub)
+            bad = _check_checkpoint(item, cp_first, anchor is not None and rep.checkpoints == 0, keys, checking)
             if bad:
                 return rep.fail(bad[0], item, bad[1])
+            keys.checkpoint_done(rec["key_id"])
             rep.checkpoints += 1
             cp_first, since_cp = item.seq + 1, 0
             every = rec.get("every") or every
@@ -265,6 +349,13 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
             if every and since_cp > every:
                 return rep.fail("missing_signature", item,
                                 f"{since_cp} records since the last checkpoint, at most {every} allowed")
+            if rec.get("event") == "key_rotation":
+                bad = keys.rotation(rec)
+                if bad:
+                    return rep.fail("bad_signature", item, bad)
+                rep.rotations.append({"seq": item.seq, "time": rec.get("time"), "old_key_id": rec.get("old_key_id"),
+                                      "new_key_id": rec.get("new_key_id"), "sealed": rec.get("sealed") is not False,
+                                      "reason": rec.get("reason")})
             if rec.get("event") == "retention":
                 vouched.add((rec.get("last_removed_seq"), rec.get("last_removed_hash")))
             if rec.get("event") == "audit_start" and rec.get("previous_clean_close") is False and prev is not None:
@@ -303,7 +394,7 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
         if rpath == unsigned_ok:
             rep.notes.append(f"recording {os.path.basename(rpath)} is still being written (live): not signed yet")
             continue
-        ok, reason = verify_file(rpath, pub) if pub is not None else (None, "not checked (no public key)")
+        ok, reason = verify_file(rpath, keys.ring) if checking else (None, "not checked (no public key)")
         rep.recordings.append((rpath, ok, reason))
         if ok is False and rep.ok:
             rep.ok, rep.error, rep.where = False, f"recording {rpath}: {reason}", rpath

@@ -22,6 +22,7 @@ from typing import Generic, TypedDict, TypeVar
 from mitmproxy import http
 
 from pangate.chain.wire import abort_connections, may_stream
+from pangate.sinks.scrubber import default as sink_scrubber
 
 log = logging.getLogger("pangate")
 KEY = "pangate"
@@ -117,6 +118,7 @@ class FlowContext:
     error: Note[str] = Note()  # why the flow ended in error (audit outcome "error")
     failed_hook: Note[str] = Note()  # Stage.hook that raised
     identity: Note[IdentityNote] = Note()
+    claimed: Note[str] = Note()  # the name a refused token claimed, if a policy identity (bad-token alerts)
     target: Note[Target] = Note("destination")
     decision: Note[DecisionNote] = Note()
     address: Note[str] = Note()  # the checked IP the destination resolved to
@@ -152,9 +154,13 @@ class FlowContext:
         if n:
             self.pans_masked = self.pans_masked + n
 
-    def mark_refused(self, status: int, code: str, reason: str) -> None:
-        """The one writer of `refused`: refuse() and cut() record through here."""
+    def mark_refused(self, status: int, code: str, reason: str) -> str:
+        """The one writer of `refused`: refuse() and cut() record through here. Returns the
+        reason as recorded: scrubbed, since reasons quote request input (a path, a Host, a
+        query value) and go on to the client, the flow's notes, the audit trail and the log."""
+        reason = sink_scrubber().text(reason)
         self.data["refused"] = {"status": status, "code": code, "reason": reason}
+        return reason
 
 
 def of(flow) -> FlowContext:
@@ -188,6 +194,7 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
         if flow.killable:
             flow.kill()
         return
+    reason = sink_scrubber().text(reason)  # reasons quote request input: never raw in the body
     body = json.dumps({"error": error, "reason": reason, "code": code, "request_id": rid}, indent=1)
     hdrs = {"Content-Type": "application/json", "Cache-Control": "no-store", "X-Pangate-Request-Id": rid}
     hdrs.update(headers or {})
@@ -209,8 +216,7 @@ def refuse(flow, status: int, error: str, reason: str, code: str, headers: dict 
 def cut(flow, status: int, code: str, reason: str) -> None:
     """Refuse a flow that can no longer be answered: recorded, and both connections reset."""
     fc = FlowContext.of(flow)
-    fc.mark_refused(status, code, reason)
-    fc.error = reason
+    fc.error = fc.mark_refused(status, code, reason)
     abort_connections(flow, flow.server_conn, flow.client_conn)
 
 

@@ -11,6 +11,7 @@ from pangate.chain.context import FlowContext, is_refused, refuse, request_id
 from pangate.chain.failsafe import FLOW_HOOKS, Component
 from pangate.chain.wire import stop_messages
 from pangate.pan import engine as pan_engine
+from pangate.sinks import output
 
 log = logging.getLogger("pangate")
 
@@ -43,6 +44,9 @@ class Guard(Component):
 
     def __init__(self, components: list):
         self.components = components
+
+    def load(self, loader):
+        install_output_scrubber()
 
     def configure(self, updated):
         for name in set(updated):
@@ -102,3 +106,20 @@ class Guard(Component):
     def udp_start(self, flow):
         stop_messages(flow)
 
+
+def install_output_scrubber() -> None:
+    """Everything the process prints or logs passes the sink scrubber from here on.
+
+    mitmproxy itself prints request input pangate never sees as a field: flow and status
+    lines, CONNECT targets, websocket ping payloads and close reasons, "Unexpected data from
+    server", tracebacks. Its flow dumper and terminal log handler took sys.stdout before the
+    gateway script loaded, so they are pointed at the scrubbed streams too. Idempotent: a
+    script reload finds it in place."""
+    master = getattr(ctx, "master", None)
+    addons = getattr(master, "addons", None)
+    also = []
+    if addons is not None:
+        dumper = addons.get("dumper")
+        termlog = addons.get("termlog")
+        also += [a for a in (dumper, getattr(termlog, "logger", None)) if a is not None]
+    output.install(also=also)

@@ -1,7 +1,12 @@
-"""`pangate audit verify|show`: check the audit trail and read it.
+"""`pangate audit verify|show|rotate-key`: check the audit trail, read it, change its key.
 
 verify exits 0 when the log (and recordings) are intact, 1 at the first broken
 place (which it names), 2 when it cannot read what it was given.
+
+rotate-key replaces the signing key on purpose and says so in the trail: with
+the old key the change is sealed by it (verify then trusts the new key on its
+word); with `--lost` it is recorded unsealed and verify needs the new public key
+given. Run it with the gateway stopped: one writer per audit directory.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import json
 import os
 import sys
 
-from pangate.audit.log import FILE_RE, file_sort_key, list_audit_files
+from pangate.audit.log import FILE_RE, file_sort_key, iter_lines_reverse, list_audit_files
 from pangate.audit.verify import verify_log
 from pangate.cli.progress import Progress
 
@@ -32,11 +37,20 @@ def register(sub) -> None:
     s.add_argument("--since", help="only records at or after this UTC time (ISO 8601 prefix, e.g. 2026-01-31T12)")
     s.add_argument("--json", action="store_true", help="print the records as JSON lines")
     s.set_defaults(func=show_cmd)
+    r = audit.add_parser("rotate-key", help="replace the signing key and record the change in the trail")
+    r.add_argument("--key", required=True, help="the signing key file (pangate_audit_key)")
+    r.add_argument("--audit-dir", required=True, help="the audit directory (pangate_audit_dir)")
+    r.add_argument("--reason", default="", help="why, for the record (e.g. a ticket)")
+    r.add_argument("--lost", action="store_true",
+                   help="the old key is gone: record the rotation unsealed (verify then needs the new public key)")
+    r.set_defaults(func=rotate_cmd)
 
 
 def add_verify_arguments(p) -> None:
     p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order")
-    p.add_argument("--pubkey", help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present)")
+    p.add_argument("--pubkey", action="append",
+                   help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present); repeat for "
+                        "several keys. Retired keys kept by rotate-key beside it (KEY.<id>.pub) are used too")
     p.add_argument("--recordings", help="directory of session recordings whose signatures to check")
     p.add_argument("--live", action="store_true", help="the gateway is running: accept an unsigned tail")
     p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr even when it is not a TTY")
@@ -50,11 +64,15 @@ def verify_cmd(args) -> int:
         if not os.path.exists(p):
             print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
             return 2
-    pubkey = args.pubkey or (DEFAULT_PUBKEY if os.path.exists(DEFAULT_PUBKEY) else None)
+    pubkey = args.pubkey or ([DEFAULT_PUBKEY] if os.path.exists(DEFAULT_PUBKEY) else None)
     if pubkey is None:
         print("warning: no public key (--pubkey): signatures are NOT checked", file=sys.stderr)
     elif not args.pubkey:
-        print(f"using public key {pubkey}", file=sys.stderr)
+        print(f"using public key {DEFAULT_PUBKEY}", file=sys.stderr)
+    for p in pubkey or ():
+        if not os.path.exists(p):
+            print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
+            return 2
     progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
     try:
         rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
@@ -117,3 +135,95 @@ def _show(rec: dict, args) -> None:
     print(f"{rec.get('time')} #{rec.get('seq')} {rec.get('event')} {rec.get('outcome') or ''} "
           f"{(ident or {}).get('name') if isinstance(ident, dict) else ident or '-'}"
           f"{where} {rec.get('status') or ''} {rec.get('code') or ''} {rec.get('request_id') or ''}".rstrip())
+
+
+def _last_key_id(directory: str) -> str | None:
+    """The key id of the newest checkpoint: who sealed the trail last."""
+    for path in reversed(list_audit_files(directory)):
+        for line in iter_lines_reverse(path):
+            if b'"event":"checkpoint"' in line:
+                try:
+                    return json.loads(line).get("key_id")
+                except ValueError:
+                    return None
+    return None
+
+
+def rotate_cmd(args) -> int:
+    from pangate.audit.keys import key_id, load_public_key, retired_pub_path
+    from pangate.audit.log import AuditError, AuditWriter
+    from pangate.common.files import private_pem, public_pem, read_private, write_atomic, write_private
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    def fail(msg: str) -> int:
+        print(f"pangate audit rotate-key: {msg}", file=sys.stderr)
+        return 2
+
+    key_path, directory = os.path.expanduser(args.key), args.audit_dir
+    if not os.path.isdir(directory) or not list_audit_files(directory):
+        return fail(f"{directory} holds no audit trail: nothing to rotate (a new trail makes its key at start)")
+    staged = key_path + ".new"
+    if os.path.exists(staged):
+        return fail(f"{staged} exists: an earlier rotation did not finish. If the trail's last key_rotation names "
+                    f"its key id, move it to {key_path}; otherwise remove it and run again")
+    old_pub_path = key_path + ".pub"
+    old = None
+    if args.lost:
+        if os.path.exists(key_path):
+            return fail(f"{key_path} exists: --lost is for a key that is gone; rotate without --lost")
+        old_id = None
+        if os.path.exists(old_pub_path):
+            try:
+                old_id = key_id(load_public_key(old_pub_path))
+            except (OSError, ValueError):
+                old_id = None
+        old_id = old_id or _last_key_id(directory)
+    else:
+        if not os.path.exists(key_path):
+            return fail(f"{key_path} does not exist; if the key is lost, run again with --lost")
+        try:
+            old = read_private(key_path, "audit signing key")
+        except ValueError as e:
+            return fail(str(e))
+        old_id = key_id(old.public_key())
+        sealed_by = _last_key_id(directory)
+        if sealed_by is not None and sealed_by != old_id:
+            return fail(f"{key_path} is key {old_id}, but the trail was last sealed by {sealed_by}: "
+                        "restore that key, or rotate with --lost")
+    new = Ed25519PrivateKey.generate()
+    new_id = key_id(new.public_key())
+    try:
+        write_private(staged, private_pem(new))  # O_EXCL, 0600: never briefly readable, never clobbered
+    except OSError as e:
+        return fail(f"cannot write {staged}: {e}")
+    try:
+        writer = AuditWriter(directory, new if args.lost else old)
+        try:
+            seq = writer.rotate_key(new, reason=args.reason, lost=args.lost, old_key_id=old_id)
+        finally:
+            ok = writer.close()
+        if not ok:
+            raise AuditError(f"the rotation record could not be written: {writer.failure}")
+    except (OSError, ValueError, AuditError) as e:
+        os.unlink(staged)
+        return fail(str(e))
+    # The trail now names the new key: install it. Old public key first, so it is never lost.
+    kept = None
+    if os.path.exists(old_pub_path) and old_id:
+        kept = retired_pub_path(key_path, old_id)
+        with open(old_pub_path, "rb") as f:
+            write_atomic(kept, f.read(), 0o644)
+    elif old is not None:
+        kept = retired_pub_path(key_path, old_id)
+        write_atomic(kept, public_pem(old.public_key()), 0o644)
+    os.replace(staged, key_path)
+    write_atomic(old_pub_path, public_pem(new.public_key()), 0o644)
+    print(f"rotated the audit signing key {old_id or '(unknown)'} -> {new_id} (key_rotation record seq {seq})")
+    print(f"new key: {key_path}, public key {old_pub_path}" + (f"; old public key kept as {kept}" if kept else ""))
+    if args.lost:
+        print("recorded WITHOUT the old key: verification trusts the new key only when you give it:\n"
+              f"  pangate audit verify {directory} --pubkey {old_pub_path}")
+    else:
+        print(f"sealed by the old key; verify follows it: pangate audit verify {directory} --pubkey {old_pub_path}")
+    print("restart the gateway to sign with the new key")
+    return 0

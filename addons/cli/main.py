@@ -28,6 +28,9 @@ COMMANDS = {
     "approver": "pangate.cli.approve",
     "revoke": "pangate.cli.revoke",
     "unrevoke": "pangate.cli.revoke",
+    "ca": "pangate.cli.ca",
+    "review": "pangate.cli.review",
+    "evidence": "pangate.cli.review",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+from pangate.cli.suggest import register_suggest
 from pangate.policy.model import load_policy
 from pangate.policy.errors import PolicyError
 
@@ -30,6 +31,7 @@ def register(sub) -> None:
     ex.add_argument("--policy", default=DEFAULT_POLICY, metavar="FILE", help=f"policy file (default {DEFAULT_POLICY})")
     ex.add_argument("--json", action="store_true", help="print the explanation as one JSON document")
     ex.set_defaults(func=explain_cmd)
+    register_suggest(policy)
 
 
 def check_cmd(args) -> int:

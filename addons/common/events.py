@@ -14,14 +14,19 @@ from collections.abc import Callable
 
 log = logging.getLogger("pangate")
 _subscribers: list[Callable[[dict], None]] = []
-# Events raised while nobody listens (at start, during a reload, before the
-# audit trail is open) wait here for the first subscriber instead of vanishing.
+# Subscribers that keep the record (the audit trail): events raised while none
+# of them listens (at start, during a reload, before the trail is open) wait
+# here for the first of them instead of vanishing, whoever else heard them.
+_recorders: list[Callable[[dict], None]] = []
 _unheard: deque = deque(maxlen=1000)
 
 
-def subscribe(fn: Callable[[dict], None]) -> None:
+def subscribe(fn: Callable[[dict], None], records: bool = False) -> None:
+    """Hear every event from now on; `records=True` also hears those raised while no recorder listened."""
     if fn not in _subscribers:
         _subscribers.append(fn)
+    if records and fn not in _recorders:
+        _recorders.append(fn)
         while _unheard:
             _deliver(fn, _unheard.popleft())
 
@@ -29,6 +34,8 @@ def subscribe(fn: Callable[[dict], None]) -> None:
 def unsubscribe(fn: Callable[[dict], None]) -> None:
     if fn in _subscribers:
         _subscribers.remove(fn)
+    if fn in _recorders:
+        _recorders.remove(fn)
 
 
 def emit(event: str, alert: bool = False, **fields) -> dict:
@@ -36,7 +43,7 @@ def emit(event: str, alert: bool = False, **fields) -> dict:
     record = {"event": event, "alert": alert, "at": time.time(), **fields}
     if alert:
         log.warning("pangate ALERT %s: %s", event, {k: v for k, v in fields.items()})
-    if not _subscribers:
+    if not _recorders:
         _unheard.append(record)
     for fn in list(_subscribers):
         _deliver(fn, record)

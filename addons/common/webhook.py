@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 from pangate.common import http
+from pangate.sinks.scrubber import default as sink_scrubber
 
 log = logging.getLogger("pangate")
 TIMEOUT = 5.0
@@ -67,6 +68,9 @@ class Notifier:
     def _post(self, url: str, payload: dict) -> None:
         # Verified against the system roots, no proxy from the environment: the
         # notification goes straight to its receiver (see common/http.py).
+        # The one send point: the notification quotes the held request (host, path), so it
+        # leaves only through the sink scrubber, every string of it.
+        payload = sink_scrubber().value(payload)
         try:
             with http.session(timeout=TIMEOUT) as client, client.post(url, json=payload, stream=True) as resp:
                 status = resp.status_code

@@ -25,6 +25,7 @@ from pangate.chain.failsafe import Component
 from pangate.chain.scrub import rewrite_headers
 from pangate.chain.wire import may_stream
 from pangate.policy.model import Credential, Policy
+from pangate.sinks.scrubber import SECRETS
 
 log = logging.getLogger("pangate")
 INJECTED = "[injected by pangate]"
@@ -125,6 +126,8 @@ class Credentials(Component):
                 missing[dest.name] = str(e)
                 log.error("pangate: no credential for destination %s: %s; its requests are refused", dest.name, e)
         self.secrets, self.client_certs, self.missing = secrets, certs, missing
+        # Every sink (audit, recordings, logs, webhooks, export) redacts every echo form of these.
+        SECRETS.replace(dict(_sink_secrets(secrets)))
 
     def running(self):
         veil.on_sent(self.scrub_sent)
@@ -230,6 +233,16 @@ class Credentials(Component):
         elif cred.type == "query":
             flow.request.query[cred.name] = value
 
+
+
+def _sink_secrets(secrets: dict[str, Secret]):
+    """(name, (value, basic user)) for the sink registry; a basic credential ("user:password")
+    also as its password with its user, so `user:password` in base64 is matched too."""
+    for name, secret in secrets.items():
+        yield name, (secret.value, None)
+        if secret.credential.type == "basic" and ":" in secret.value:
+            user, password = secret.value.split(":", 1)
+            yield f"{name}#password", (password, user)
 
 
 def _redact(value, forms):

@@ -72,7 +72,8 @@ def verifier_inputs(policy: Policy) -> tuple:
     issuers = list(policy.issuers.values())  # the policy's issuers are the verifier's configuration
     static = {i.name: f"sha256:{i.static_key_sha256}" for i in policy.static_key_identities()}
     # A key file replaced under the same name is a change too.
-    files = tuple((f, file_stamp(f)) for i in issuers for f in (i.jwks_file, i.public_key_file, i.ca_file) if f)
+    files = tuple((f, file_stamp(f)) for i in issuers
+                  for f in (i.jwks_file, i.public_key_file, i.ca_file, i.metadata_file) if f)
     return issuers, static, files
 
 
@@ -160,6 +161,7 @@ class Identify(Component):
             return None
         try:
             claimed, token = parse_proxy_authorization(header)
+            FlowContext.of(flow).claimed = claimed if claimed in self.store.policy.identities else None
             principal = await self.verifier.averify(token)
         except TokenError as e:
             await self._refuse_bad(flow, e.reason, str(e))
@@ -207,6 +209,8 @@ class Identify(Component):
         return True
 
     def _leeway(self, p: Principal) -> float:
+        if p.method == "exchange":  # the gateway's own token, on its own clock: it never outlives its source
+            return 0.0
         issuer = self.store.policy.issuers.get(p.issuer)
         return issuer.leeway if issuer else 0.0
 

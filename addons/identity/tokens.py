@@ -1,11 +1,27 @@
-"""Token checks for pangate: OIDC JWTs, pangate-issued JWTs and declared static keys.
+"""Token checks for pangate: OIDC JWTs, pangate-issued JWTs, SAML assertions and static keys.
 
 Plain module, no mitmproxy import, so it can be unit-tested and reused by the CLI.
 
 Event-loop rule: ``TokenVerifier.verify`` never does I/O. It uses cached keys and raises
 ``KeysNeeded`` when a network refresh is wanted; ``TokenVerifier.refresh`` does the
 blocking fetch and is meant to run in a worker thread. ``TokenVerifier.averify`` does
-that dance with ``asyncio.to_thread`` so the addon can simply ``await`` it.
+that dance so the addon can simply ``await`` it.
+
+Key fetches run on their own small thread pool, never on the event loop's default
+executor: that one also resolves every destination (getaddrinfo), so a slow IdP
+must not be able to starve it (it did: other identities' new connections stalled
+and were refused as "does not resolve"). At most one fetch per issuer is queued
+or running; every request that needs it awaits the same future, with a timeout,
+without holding a thread. A failed fetch is retried with backoff (1 s doubling to
+60 s), so a recovered IdP is used again within seconds; a stale key set keeps
+being served (and refreshed in the background) until it is older than its
+lifetime (jwks_max_age plus STALE_GRACE).
+
+SAML assertions (saml.py) come in two ways: base64 as the proxy password, when
+the issuer's policy accepts that (`verify` tells them apart from JWTs by shape),
+or through the token exchange (`verify_assertion`). A pangate token made by the
+exchange carries the identity it was exchanged for (claim `pgx`); it verifies
+as that issuer's principal, so the policy maps it exactly as the original.
 
 Nothing here stores, logs or echoes the raw token: messages are fixed strings.
 """
@@ -15,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
+import functools
 import hashlib
 import hmac
 import json
@@ -42,6 +60,8 @@ log = logging.getLogger("pangate.identity.tokens")
 MAX_TOKEN_LEN = 16 * 1024  # far above any real JWT; caps parsing/hashing work
 MAX_DOC_BYTES = 1024 * 1024  # discovery/JWKS documents larger than this are refused
 MAX_JWKS_KEYS = 100
+EXCHANGE_CLAIM = "pgx"  # in a pangate token from the exchange: {"iss": issuer name, "sub": ..., "claims": {...}}
+EXCHANGEABLE = ("oidc", "saml")  # the issuer types an exchanged token may speak for
 _EC_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 
 
@@ -54,10 +74,14 @@ class TokenError(Exception):
 
 
 class KeysNeeded(Exception):
-    """verify() needs a (blocking) key refresh for ``issuer`` (config name) first."""
+    """verify() needs a (blocking) key refresh for ``issuer`` (config name) first.
 
-    def __init__(self, issuer: str):
+    ``wait``: the token cannot be checked without it (no keys yet, or its kid is
+    unknown). Otherwise the cached set is only stale and may still be served."""
+
+    def __init__(self, issuer: str, wait: bool = True):
         self.issuer = issuer
+        self.wait = wait
         super().__init__(f"keys needed for issuer {issuer!r}")
 
 
@@ -72,7 +96,7 @@ class Principal:
     claims: dict = field(default_factory=dict, hash=False, compare=False)  # verified payload only
     token_id: str | None = None
     expires_at: float | None = None
-    method: str = "oidc"  # "oidc" | "pangate" | "static"
+    method: str = "oidc"  # "oidc" | "pangate" | "static" | "saml" | "exchange"
     static: bool = False
 
 
@@ -194,6 +218,9 @@ class _State:
         self.keys: list[_Key] | None = None  # replaced wholesale, never mutated (read without lock)
         self.fetched_at = 0.0
         self.last_attempt: float | None = None
+        self.next_attempt = 0.0  # no fetch before this (success: refresh_interval; failure: backoff)
+        self.failures = 0  # consecutive failed fetches
+        self.future: concurrent.futures.Future | None = None  # the queued or running fetch
         self.jwks_uri: str | None = None
         self.discovery_at = 0.0
         self.in_flight = False  # a fetch is running: callers should wait for it, not fail
@@ -211,14 +238,32 @@ _JWT_ERRORS = [  # most specific first: InvalidSignatureError subclasses DecodeE
 
 
 class TokenVerifier:
+    RETRY_MIN = 1.0  # first retry after a failed fetch; doubles per failure...
+    RETRY_MAX = 60.0  # ...up to this
+    STALE_GRACE = 24 * 3600.0  # a stale set is served this long past jwks_max_age while refreshes fail
+    FETCH_WAIT = 10.0  # longest a request waits for keys: discovery + JWKS, each with a 5 s timeout
+    FETCH_WORKERS = 2
+    MAX_QUEUED = 8  # fetches queued or running at once, all issuers together; beyond: refused
+
     def __init__(self, issuers: Iterable[Issuer], static_keys: dict[str, str] | None = None,
                  fetch: Callable[..., Any] = https_fetch, clock: Callable[[], float] = time.time,
-                 revoked_jtis: set[str] | None = None):
+                 revoked_jtis: set[str] | None = None, saml_fetch: Callable[..., bytes] | None = None,
+                 replay=None):
         self._fetch, self._clock = fetch, clock
         self.revoked_jtis: set[str] = revoked_jtis if revoked_jtis is not None else set()
         self._by_name: dict[str, Issuer] = {}
         self._by_iss: dict[str, Issuer] = {}
+        # SAML issuers live apart: an IdP's SAML entityID may equal its OIDC issuer (Entra ID does).
+        self._saml: dict[str, Any] = {}  # name -> saml.SamlIssuerVerifier
+        self._saml_by_entity: dict[str, Any] = {}
+        issuers = list(issuers)
         for cfg in issuers:
+            if cfg.type == "saml":
+                if cfg.name in self._by_name or cfg.issuer in self._saml_by_entity or cfg.name == "static":
+                    raise ValueError(f"duplicate or reserved issuer {cfg.name!r}/{cfg.issuer!r}")
+                self._by_name[cfg.name] = cfg
+                self._saml_by_entity[cfg.issuer] = None
+                continue
             if cfg.name in self._by_name or cfg.issuer in self._by_iss or cfg.name == "static":
                 raise ValueError(f"duplicate or reserved issuer {cfg.name!r}/{cfg.issuer!r}")
             self._by_name[cfg.name] = self._by_iss[cfg.issuer] = cfg
@@ -228,28 +273,81 @@ class TokenVerifier:
             if algo != "sha256" or len(hexd) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hexd):
                 raise ValueError(f"static key for {ident!r} must be 'sha256:<64 hex>'")
             self._static.append((ident, hexd.lower()))
+        # Every issuer has fetch state: SAML metadata refreshes ride the same pool and backoff.
         self._state = {name: _State() for name in self._by_name}
-        for cfg in self._by_name.values():
-            if not cfg.remote:  # local files: load now so config errors surface at startup
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on the first remote fetch
+        self._no_refresh = threading.local()  # set while averify() re-checks with what it has
+        self._pool_lock = threading.Lock()
+        for cfg in issuers:
+            if cfg.type == "saml":
+                self._add_saml(cfg, saml_fetch, replay)
+            elif not cfg.remote:  # local files: load now so config errors surface at startup
                 self.refresh(cfg.name, force=True)
+
+    def _add_saml(self, cfg: Issuer, fetch, replay) -> None:
+        from pangate.identity import saml  # here: lxml/signxml load only where SAML is configured
+
+        kw = {"fetch": fetch} if fetch is not None else {}
+        try:
+            v = saml.SamlIssuerVerifier(cfg, clock=self._clock, replay=replay, **kw)
+        except saml.MetadataError as exc:
+            raise KeyFetchError(f"issuer {cfg.name}: {exc}") from None
+        self._saml[cfg.name] = self._saml_by_entity[cfg.issuer] = v
 
     # -- key management (blocking; call via asyncio.to_thread from the proxy) --
     def refresh(self, issuer_name: str, force: bool = False) -> bool:
         """(Re)load keys for one issuer. Returns False if throttled. Raises KeyFetchError."""
+        if issuer_name in self._saml:
+            from pangate.identity.saml import MetadataError
+
+            try:
+                return self._saml[issuer_name].refresh(force)
+            except MetadataError as exc:
+                raise KeyFetchError(str(exc)) from None
         cfg, st = self._by_name[issuer_name], self._state[issuer_name]
         with st.lock:
             now = self._clock()
             # Concurrent callers queue on the lock; all but the first see the fresh attempt
             # and return, so a kid-spraying burst costs one fetch per interval.
-            if not force and st.last_attempt is not None and now - st.last_attempt < cfg.refresh_interval:
+            if not force and st.last_attempt is not None and now < st.next_attempt:
                 return False
             st.last_attempt = now
             st.in_flight = True
             try:
                 self._load(cfg, st, now)
+            except KeyFetchError:
+                st.failures += 1
+                backoff = min(self.RETRY_MAX, self.RETRY_MIN * 2 ** (st.failures - 1))
+                st.next_attempt = now + min(backoff, max(cfg.refresh_interval, self.RETRY_MIN))
+                raise
             finally:
                 st.in_flight = False
+            st.failures = 0
+            st.next_attempt = now + cfg.refresh_interval
             return True
+
+    def _schedule(self, issuer_name: str) -> concurrent.futures.Future | None:
+        """The fetch for one issuer on the key pool: the one already queued or running, or a new
+        one; None when too many are queued (the caller fails closed or serves its cache)."""
+        st = self._state[issuer_name]
+        with self._pool_lock:
+            if st.future is not None and not st.future.done():
+                return st.future
+            busy = sum(1 for s in self._state.values() if s.future is not None and not s.future.done())
+            if busy >= self.MAX_QUEUED:
+                return None
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(self.FETCH_WORKERS,
+                                                                   thread_name_prefix="pangate-jwks")
+            st.future = self._pool.submit(self.refresh, issuer_name)
+            return st.future
+
+    def close(self) -> None:
+        """Stop the key pool (a running fetch finishes on its own, within its timeout)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _load(self, cfg: Issuer, st: _State, now: float) -> None:
         if cfg.public_key_file:
@@ -300,26 +398,95 @@ class TokenVerifier:
         principal = self._verify_static(token)
         if principal is None:
             if token.count(".") != 2:
+                if self._saml and self._is_saml(token):
+                    from pangate.identity.saml import SamlError, decode_assertion
+
+                    try:
+                        data = decode_assertion(token)
+                    except SamlError as e:
+                        raise TokenError(e.reason, str(e)) from None
+                    return self.verify_assertion(data, is_revoked, proxy_auth=True)
                 raise TokenError("unknown_static_key", "token is neither a known static key nor a JWT")
             principal = self._verify_jwt(token)
+        return self._not_revoked(principal, is_revoked)
+
+    def _not_revoked(self, principal: Principal, is_revoked) -> Principal:
         if (principal.token_id and principal.token_id in self.revoked_jtis) or (
                 is_revoked is not None and is_revoked(principal)):
             raise TokenError("revoked", f"token for {principal.subject!r} is revoked")
         return principal
 
+    @staticmethod
+    def _is_saml(token: str) -> bool:
+        from pangate.identity.saml import looks_like_saml
+
+        return looks_like_saml(token)
+
+    def verify_assertion(self, data: bytes, is_revoked: Callable[[Principal], bool] | None = None,
+                         proxy_auth: bool = False) -> Principal:
+        """Verify a SAML assertion (XML bytes) with cached metadata; its id is spent if it verifies.
+
+        Raises TokenError, or KeysNeeded if the issuer's metadata must be fetched first.
+        With proxy_auth, only issuers with accept_in_proxy_auth take it."""
+        from pangate.identity.saml import MetadataNeeded, SamlError, parse_xml, peek_issuer
+
+        try:
+            root = parse_xml(data)
+            verifier = self._saml_by_entity.get(peek_issuer(root) or "")
+            if verifier is None:
+                raise TokenError("unknown_issuer", "assertion issuer is not configured")
+            cfg = verifier.cfg
+            if proxy_auth and not cfg.accept_in_proxy_auth:
+                raise TokenError("saml_not_accepted", f"issuer {cfg.name} takes assertions only through the "
+                                                      "token exchange")
+            a = verifier.verify(root)
+        except SamlError as e:
+            raise TokenError(e.reason, str(e)) from None
+        except MetadataNeeded:
+            raise KeysNeeded(cfg.name) from None
+        principal = Principal(issuer=cfg.name, subject=a.subject, claims=dict(a.claims), token_id=a.id,
+                              expires_at=a.expires_at, method="saml", static=False)
+        return self._not_revoked(principal, is_revoked)
+
     async def averify(self, token: str, is_revoked: Callable[[Principal], bool] | None = None) -> Principal:
-        """verify(), doing any needed key refresh in a worker thread (at most one per call)."""
+        """verify(), with any needed key refresh on the key pool (at most one wait per call).
+
+        A stale set is refreshed in the background and served meanwhile; a token that
+        cannot be checked without new keys waits for the fetch, at most FETCH_WAIT."""
+        return await self._with_refresh(lambda: self.verify(token, is_revoked))
+
+    async def averify_assertion(self, data: bytes, is_revoked: Callable[[Principal], bool] | None = None,
+                                proxy_auth: bool = False) -> Principal:
+        """verify_assertion(), fetching metadata on the key pool when needed."""
+        return await self._with_refresh(lambda: self.verify_assertion(data, is_revoked, proxy_auth))
+
+    async def _with_refresh(self, check: Callable[[], Principal]) -> Principal:
         try:
-            return self.verify(token, is_revoked)
+            return check()
         except KeysNeeded as need:
-            try:
-                await asyncio.to_thread(self.refresh, need.issuer)
-            except KeyFetchError as exc:  # fall back to whatever is cached (or fail closed)
-                log.warning("key refresh for %s failed: %s", need.issuer, exc)
+            fut = self._schedule(need.issuer)
+            if fut is None:
+                log.warning("key refresh for %s not queued: too many key fetches pending", need.issuer)
+            elif need.wait:
+                try:
+                    await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), self.FETCH_WAIT)
+                except TimeoutError:
+                    log.warning("key refresh for %s still running after %.0fs", need.issuer, self.FETCH_WAIT)
+                except KeyFetchError as exc:  # fall back to whatever is cached (or fail closed)
+                    log.warning("key refresh for %s failed: %s", need.issuer, exc)
+            else:
+                fut.add_done_callback(functools.partial(_log_failure, need.issuer))
+        return self._verify_cached(check)
+
+    def _verify_cached(self, check: Callable[[], Principal]) -> Principal:
+        """The check again with no further refresh: what the cache holds decides."""
+        self._no_refresh.active = True
         try:
-            return self.verify(token, is_revoked)
+            return check()
         except KeysNeeded as need:
             raise TokenError("keys_unavailable", f"keys for issuer {need.issuer!r} unavailable") from None
+        finally:
+            self._no_refresh.active = False
 
     def _verify_static(self, token: str) -> Principal | None:
         digest = hashlib.sha256(token.encode()).hexdigest()
@@ -363,22 +530,45 @@ class TokenVerifier:
         sub, jti = claims.get("sub"), claims.get("jti")
         if not isinstance(sub, str) or not sub:
             raise TokenError("malformed", "JWT subject must be a non-empty string")
+        if cfg.type == "pangate" and EXCHANGE_CLAIM in claims:
+            return self._exchanged(claims, jti)
         return Principal(issuer=cfg.name, subject=sub, claims=dict(claims),
                          token_id=jti if isinstance(jti, str) else None,
                          expires_at=float(claims["exp"]), method=cfg.type, static=False)
+
+    def _exchanged(self, claims: dict, jti: Any) -> Principal:
+        """A token from pangate's own exchange speaks for the principal it was exchanged for."""
+        pgx = claims[EXCHANGE_CLAIM]
+        if not isinstance(pgx, dict) or not all(isinstance(pgx.get(k), str) and pgx.get(k) for k in ("iss", "sub")) \
+                or not isinstance(pgx.get("claims", {}), dict):
+            raise TokenError("malformed", "malformed exchanged token")
+        src = self._by_name.get(pgx["iss"])
+        if src is None or src.type not in EXCHANGEABLE:
+            raise TokenError("unknown_issuer", "exchanged token names an issuer that is not configured")
+        # Issued and checked by the gateway itself: no leeway, so it never outlives its source.
+        if float(claims["exp"]) <= self._clock():
+            raise TokenError("expired", "token expired")
+        return Principal(issuer=src.name, subject=pgx["sub"], claims=dict(pgx.get("claims", {})),
+                         token_id=jti if isinstance(jti, str) else None, expires_at=float(claims["exp"]),
+                         method="exchange", static=False)
 
     def _select_key(self, cfg: Issuer, kid: Any, alg: str) -> Any:
         st = self._state[cfg.name]
         now = self._clock()
         keys = st.keys  # snapshot; refresh() swaps the list atomically
-        may_refresh = cfg.remote and (st.in_flight or st.last_attempt is None
-                                      or now - st.last_attempt >= cfg.refresh_interval)
+        may_refresh = cfg.remote and not getattr(self._no_refresh, "active", False) and (
+            st.in_flight or st.last_attempt is None or now >= st.next_attempt)
         if keys is None:
             if may_refresh:
                 raise KeysNeeded(cfg.name)
             raise TokenError("keys_unavailable", f"no keys loaded for issuer {cfg.name}")
-        if may_refresh and now - st.fetched_at >= cfg.jwks_max_age:
-            raise KeysNeeded(cfg.name)  # stale set: pick up rotations and removals
+        age = now - st.fetched_at
+        if cfg.remote and age >= cfg.jwks_max_age + self.STALE_GRACE:
+            if may_refresh:
+                raise KeysNeeded(cfg.name)
+            raise TokenError("keys_unavailable", f"keys of issuer {cfg.name} expired and cannot be refreshed")
+        if may_refresh and age >= cfg.jwks_max_age:
+            raise KeysNeeded(cfg.name, wait=False)  # stale set: pick up rotations and removals
         if kid is not None:
             candidates = [k for k in keys if k.kid == kid]
             if not candidates:
@@ -416,6 +606,12 @@ class TokenVerifier:
             raise TokenError("malformed", "token iat is after exp")
 
 
+def _log_failure(issuer: str, fut: concurrent.futures.Future) -> None:
+    exc = None if fut.cancelled() else fut.exception()
+    if exc is not None:
+        log.warning("background key refresh for %s failed: %s", issuer, exc)
+
+
 # --------------------------------------------------------------------- pangate-issued tokens
 
 def keygen(path: str | os.PathLike) -> str:
@@ -428,8 +624,10 @@ def keygen(path: str | os.PathLike) -> str:
 
 def issue(private_key_path: str | os.PathLike, identity: str, ttl_seconds: float,
           audience: str = "pangate", issuer: str = "pangate", *,
-          clock: Callable[[], float] = time.time) -> str:
-    """Sign a short-lived EdDSA JWT for ``identity`` with the key from keygen()."""
+          clock: Callable[[], float] = time.time, extra_claims: dict | None = None) -> str:
+    """Sign a short-lived EdDSA JWT for ``identity`` with the key from keygen().
+
+    extra_claims are added; they never replace the registered claims set here."""
     if not identity or ttl_seconds <= 0:
         raise ValueError("identity must be set and ttl_seconds positive")
     key = serialization.load_pem_private_key(Path(private_key_path).read_bytes(), password=None)
@@ -438,4 +636,5 @@ def issue(private_key_path: str | os.PathLike, identity: str, ttl_seconds: float
     now = int(clock())
     claims = {"iss": issuer, "aud": audience, "sub": identity, "jti": secrets.token_urlsafe(16),
               "iat": now, "nbf": now, "exp": now + int(math.ceil(ttl_seconds))}
+    claims = {**(extra_claims or {}), **claims}
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": ed25519_kid(key.public_key())})

@@ -18,6 +18,7 @@ from pangate.policy import yamlpos
 from pangate.policy.query import Unreadable, rule_name
 from pangate.policy.schema import Section
 from pangate.policy.errors import PolicyError
+from pangate.monitor.config import DEFAULT as MONITOR_DEFAULT, MonitorConfig, parse_monitor
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 CREDENTIAL_TYPES = ("header", "bearer", "basic", "query", "mtls")
@@ -33,16 +34,28 @@ _QUERY = re.compile(r"^\s*(<=|>=|==|!=|<|>|=|in(?=\s)|matches(?=\s))?\s*(.*?)\s*
 # Only asymmetric algorithms can ever be allowed: with HS* the verifier's public
 # key would double as a forging secret, and "none" needs no key at all.
 SUPPORTED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
-DEFAULT_ALGORITHMS = {"oidc": ("RS256", "ES256", "EdDSA"), "pangate": ("EdDSA",)}
+# SAML signature and digest algorithms by their short names (the verifier maps
+# them to XML-DSig URIs). SHA-1 is known so that a policy may name it for a
+# legacy IdP, but it is never in a default: it must be asked for.
+SAML_SIGNATURE_ALGORITHMS = ("rsa-sha256", "rsa-sha384", "rsa-sha512", "ecdsa-sha256", "ecdsa-sha384",
+                             "ecdsa-sha512", "rsa-sha1")
+SAML_DIGEST_ALGORITHMS = ("sha256", "sha384", "sha512", "sha1")
+DEFAULT_SAML_DIGESTS = ("sha256", "sha384", "sha512")
+DEFAULT_ALGORITHMS = {"oidc": ("RS256", "ES256", "EdDSA"), "pangate": ("EdDSA",),
+                      "saml": ("rsa-sha256", "rsa-sha384", "rsa-sha512", "ecdsa-sha256", "ecdsa-sha384",
+                               "ecdsa-sha512")}
 ISSUER_TYPES = tuple(DEFAULT_ALGORITHMS)
+NAMEID = "nameid"  # claim mapping source: the assertion's NameID rather than an attribute
 
 
 @dataclass(frozen=True)
 class Issuer:
     """One trusted token issuer: what the policy declares and what the token verifier uses.
 
-    Exactly one key source: discovery_url, jwks_uri, jwks_file (type oidc) or
-    public_key_file (type pangate; jwks_file also accepted). The policy parser
+    Exactly one key source: discovery_url, jwks_uri, jwks_file (type oidc),
+    public_key_file (type pangate; jwks_file also accepted) or metadata_file /
+    metadata_url (type saml: the IdP's SAML metadata, whose entityID is
+    `issuer` and whose signing certificates are the keys). The policy parser
     checks the same rules first, with the line of the offending key; these
     checks make an issuer built in code just as trustworthy."""
 
@@ -60,32 +73,66 @@ class Issuer:
     refresh_interval: float = 60.0  # min seconds between fetch attempts (anti kid-spraying)
     jwks_max_age: float = 3600.0  # cached JWKS older than this is re-fetched when allowed
     discovery_max_age: float = 86400.0
+    # Token exchange: the longest life of a pangate token exchanged for this issuer's
+    # token or assertion (never longer than that token or assertion itself).
+    exchange_ttl: float = 300.0
+    # --- type saml only ---
+    metadata_file: str | None = None
+    metadata_url: str | None = None
+    recipients: tuple[str, ...] = ()  # accepted SubjectConfirmationData Recipient values
+    digest_algorithms: tuple[str, ...] | None = None  # None -> DEFAULT_SAML_DIGESTS
+    subject_from: str = NAMEID  # NAMEID or the name of the attribute that gives `subject`
+    claim_map: tuple[tuple[str, str], ...] = ()  # (claim name, NAMEID or attribute name)
+    accept_in_proxy_auth: bool = False  # an assertion may be the proxy password itself
 
     def __post_init__(self):
         if self.type not in ISSUER_TYPES:
-            raise ValueError(f"issuer {self.name}: type must be 'oidc' or 'pangate'")
-        sources = [s for s in (self.discovery_url, self.jwks_uri, self.jwks_file, self.public_key_file) if s]
+            raise ValueError(f"issuer {self.name}: type must be 'oidc', 'pangate' or 'saml'")
+        sources = [s for s in (self.discovery_url, self.jwks_uri, self.jwks_file, self.public_key_file,
+                               self.metadata_file, self.metadata_url) if s]
         if len(sources) != 1:
             raise ValueError(f"issuer {self.name}: exactly one key source is required")
         if self.type == "pangate" and not (self.public_key_file or self.jwks_file):
             raise ValueError(f"issuer {self.name}: pangate issuers use public_key_file or jwks_file")
-        for url in (self.discovery_url, self.jwks_uri):
+        if (self.type == "saml") != bool(self.metadata_file or self.metadata_url):
+            raise ValueError(f"issuer {self.name}: saml issuers, and only they, use metadata_file or metadata_url")
+        if self.type == "saml":
+            self._check_saml()
+        if not 0 < self.exchange_ttl <= 86400:
+            raise ValueError(f"issuer {self.name}: exchange_ttl must be between 0 and 1 day")
+        for url in (self.discovery_url, self.jwks_uri, self.metadata_url):
             if url and urlsplit(url).scheme != "https":
                 raise ValueError(f"issuer {self.name}: key URLs must be https")
         audience = (self.audience,) if isinstance(self.audience, str) else tuple(self.audience or ())
         if not self.issuer or not audience or not all(audience):
             raise ValueError(f"issuer {self.name}: issuer and audience must be set explicitly")
         algs = DEFAULT_ALGORITHMS[self.type] if self.algorithms is None else tuple(self.algorithms)
-        bad = [a for a in algs if a not in SUPPORTED_ALGORITHMS]
+        known = SAML_SIGNATURE_ALGORITHMS if self.type == "saml" else SUPPORTED_ALGORITHMS
+        bad = [a for a in algs if a not in known]
         if bad or not algs:
             raise ValueError(f"issuer {self.name}: algorithms not allowed: {bad or 'empty'}")
         object.__setattr__(self, "audience", audience)
         object.__setattr__(self, "algorithms", algs)
 
+    def _check_saml(self) -> None:
+        digests = DEFAULT_SAML_DIGESTS if self.digest_algorithms is None else tuple(self.digest_algorithms)
+        bad = [d for d in digests if d not in SAML_DIGEST_ALGORITHMS]
+        if bad or not digests:
+            raise ValueError(f"issuer {self.name}: digest algorithms not allowed: {bad or 'empty'}")
+        recipients = (self.recipients,) if isinstance(self.recipients, str) else tuple(self.recipients or ())
+        if not recipients or not all(recipients):
+            # Recipient is what stops an assertion made for another service being replayed here.
+            raise ValueError(f"issuer {self.name}: saml issuers need the accepted recipient(s)")
+        if not self.subject_from or not all(k and v for k, v in self.claim_map):
+            raise ValueError(f"issuer {self.name}: claim mapping needs names on both sides")
+        object.__setattr__(self, "digest_algorithms", digests)
+        object.__setattr__(self, "recipients", recipients)
+        object.__setattr__(self, "claim_map", tuple((str(k), str(v)) for k, v in self.claim_map))
+
     @property
     def remote(self) -> bool:
         """Keys are fetched over the network (and refreshed), not read from a file."""
-        return bool(self.discovery_url or self.jwks_uri)
+        return bool(self.discovery_url or self.jwks_uri or self.metadata_url)
 
 
 @dataclass(frozen=True)
@@ -201,6 +248,7 @@ class Policy:
     reveals: tuple[Reveal, ...] = ()
     masking: Masking = Masking()
     method_override: str = "refuse"  # settings.method_override: the default for destinations
+    monitor: MonitorConfig = MONITOR_DEFAULT  # live detectors (pangate.monitor.config)
 
     def static_key_identities(self) -> list[Identity]:
         """Identities on a static key: a declared risk, listed in every report."""
@@ -221,7 +269,7 @@ def load_policy(path: str) -> Policy:
 def parse_policy(text: str, path: str = "<policy>") -> Policy:
     doc = Section(yamlpos.load(text, path), "", path, 1)
     doc.keys({"version", "settings", "issuers", "identities", "roles", "destinations",
-              "approvals", "approvers", "reveal"}, {"version"})
+              "approvals", "approvers", "reveal", "monitor"}, {"version"})
     if doc.get("version") != 1:
         raise doc.error("version", "only version 1 is known")
     settings = doc.section("settings")
@@ -250,7 +298,12 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         if len(s.str("justification").split()) < 3:
             raise s.error("justification", "write why this identity needs to see full card numbers")
         p_reveals.append(Reveal(s.str("identity"), s.str("destination"), s.str("justification"), s.line()))
-    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals)})
+    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals), "monitor": _monitor(doc, p)})
+
+
+def _monitor(doc: Section, p: Policy) -> MonitorConfig:
+    """The `monitor:` section: thresholds of the live detectors, declared hours per identity."""
+    return parse_monitor(doc.section("monitor"), p.identities)
 
 
 OVERRIDE_MODES = ("refuse", "honor")
@@ -278,8 +331,12 @@ def _masking(s: Section | None) -> Masking:
 
 def _issuer(name: str, s: Section, base: str) -> Issuer:
     s.keys({"type", "issuer", "audience", "discovery_url", "jwks_uri", "jwks_file",
-            "public_key_file", "algorithms", "leeway", "ca_file"}, {"type"})
+            "public_key_file", "algorithms", "leeway", "ca_file", "exchange_ttl"} | _SAML_KEYS, {"type"})
     kind = s.str("type", choices=ISSUER_TYPES)
+    if kind == "saml":
+        return _saml_issuer(name, s, base)
+    for key in sorted(_SAML_KEYS & set(s.node)):
+        raise s.error(key, "only for issuers of type saml")
     sources = [k for k in ("discovery_url", "jwks_uri", "jwks_file", "public_key_file") if k in s.node]
     if kind == "oidc" and len(sources) != 1:
         raise s.error(None, "an oidc issuer needs exactly one of discovery_url, jwks_uri, jwks_file")
@@ -296,10 +353,62 @@ def _issuer(name: str, s: Section, base: str) -> Issuer:
                   issuer=s.str("issuer", "pangate" if kind == "pangate" else None) or _req(s, "issuer"),
                   discovery_url=s.str("discovery_url", None), jwks_uri=s.str("jwks_uri", None),
                   jwks_file=_file(s, "jwks_file", base), public_key_file=_file(s, "public_key_file", base),
-                  algorithms=algs, leeway=s.duration("leeway", 30.0), ca_file=_file(s, "ca_file", base))
+                  algorithms=algs, leeway=s.duration("leeway", 30.0), ca_file=_file(s, "ca_file", base),
+                  exchange_ttl=s.duration("exchange_ttl", 300.0))
     try:
         return Issuer(**fields)
     except ValueError as e:  # the model's own checks, should one ever be stricter: still located
+        raise s.error(None, str(e)) from None
+
+
+_SAML_KEYS = {"metadata_file", "metadata_url", "recipient", "digest_algorithms", "mapping", "accept_in_proxy_auth"}
+
+
+def _saml_issuer(name: str, s: Section, base: str) -> Issuer:
+    """A SAML 2.0 IdP: its metadata gives the signing certificates; pangate is the SP `audience`."""
+    for key in ("discovery_url", "jwks_uri", "jwks_file", "public_key_file"):
+        if key in s.node:
+            raise s.error(key, "a saml issuer takes its keys from metadata_file or metadata_url")
+    sources = [k for k in ("metadata_file", "metadata_url") if k in s.node]
+    if len(sources) != 1:
+        raise s.error(None, "a saml issuer needs exactly one of metadata_file, metadata_url (the IdP's metadata)")
+    if "metadata_url" in s.node and not s.str("metadata_url").startswith("https://"):
+        raise s.error("metadata_url", "metadata is only fetched over https")
+    if "issuer" not in s.node:
+        raise s.error(None, "missing required key 'issuer' (the IdP's entityID, as in its metadata)")
+    if "audience" not in s.node:
+        raise s.error(None, "missing required key 'audience' (pangate's SP entity id at the IdP)")
+    if "recipient" not in s.node:
+        raise s.error(None, "missing required key 'recipient' (the URL the IdP puts in SubjectConfirmationData)")
+    algs = s.strs("algorithms", DEFAULT_ALGORITHMS["saml"])
+    for alg in algs:
+        if alg not in SAML_SIGNATURE_ALGORITHMS:
+            raise s.error("algorithms", f"{alg!r} is not a known SAML signature algorithm "
+                                        f"(known: {', '.join(SAML_SIGNATURE_ALGORITHMS)})")
+    digests = s.strs("digest_algorithms", DEFAULT_SAML_DIGESTS)
+    for d in digests:
+        if d not in SAML_DIGEST_ALGORITHMS:
+            raise s.error("digest_algorithms", f"{d!r} is not a known digest (known: {', '.join(SAML_DIGEST_ALGORITHMS)})")
+    subject_from, claim_map = NAMEID, ()
+    mapping = s.section("mapping")
+    if mapping is not None:
+        mapping.keys({"subject", "claims"})
+        subject_from = mapping.str("subject", NAMEID)
+        claims = mapping.section("claims")
+        if claims is not None:
+            for k, v in claims.node.items():
+                if not isinstance(v, str) or not v:
+                    raise claims.error(str(k), f"map a claim to '{NAMEID}' or an attribute name")
+            claim_map = tuple((str(k), v) for k, v in claims.node.items())
+    fields = dict(name=name, type="saml", issuer=s.str("issuer"), audience=s.strs("audience"),
+                  metadata_file=_file(s, "metadata_file", base), metadata_url=s.str("metadata_url", None),
+                  recipients=s.strs("recipient"), algorithms=algs, digest_algorithms=digests,
+                  subject_from=subject_from, claim_map=claim_map,
+                  accept_in_proxy_auth=s.bool("accept_in_proxy_auth"), leeway=s.duration("leeway", 30.0),
+                  ca_file=_file(s, "ca_file", base), exchange_ttl=s.duration("exchange_ttl", 300.0))
+    try:
+        return Issuer(**fields)
+    except ValueError as e:
         raise s.error(None, str(e)) from None
 
 

@@ -3,6 +3,11 @@
 Readable with `mitmweb -r FILE` / `mitmdump -r FILE`. What is saved is a copy
 scrubbed of everything sensitive: credential headers dropped, injected secrets
 replaced, card numbers masked in URL, headers, bodies and websocket messages.
+Then, as the second wall, the flow is serialized (`get_state()`, what
+mitmproxy's FlowWriter writes) and every bytes and str value of that state --
+header names, close reasons, metadata, error messages, refusal bodies -- passes
+the sink scrubber before it is written, so a field nobody thought of is
+covered too.
 Files are written by a background thread, rotate by age and size, and each
 closed file gets a signed digest (`<file>.sig`) that `pangate audit verify`
 checks. If recordings cannot be written the gateway refuses traffic (503)
@@ -12,6 +17,7 @@ until they can, like the audit trail.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import queue
@@ -19,7 +25,7 @@ import threading
 import time
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.io import FlowWriter
+from mitmproxy.io import tnetstring
 
 from pangate.common import events
 from pangate.audit.addon import SECRET_PARAM
@@ -28,7 +34,10 @@ from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
 from pangate.chain.context import KEY, FlowContext
 from pangate.chain.failsafe import FLOW_HOOKS, Component, safe_traceback
 from pangate.chain.scrub import rewrite_body, rewrite_headers
+from pangate.credentials.forms import Redactor, echo_forms
+from pangate.masking.decoders import Limits, decode
 from pangate.pan.engine import Masker
+from pangate.sinks.scrubber import SinkScrubber, default as sink_scrubber, generated_id
 
 log = logging.getLogger("pangate")
 DROP_HEADERS = {h.lower() for h in ("Proxy-Authorization", "Set-Cookie", *CLIENT_CREDENTIAL_HEADERS)}
@@ -36,6 +45,10 @@ WITHHELD = b"[pangate: body withheld from the recording: it could not be decoded
 SUFFIX = ".mitm"
 SYNC_SECONDS = 0.2  # recordings are evidence but not the source of truth: fsync in groups
 BATCH = 256
+# The second wall decodes each stored body to scrub it: bounded, since it runs for every flow
+# (on the writer thread). A body past this is not stored.
+MAX_SEALED_BODY = 64 << 20
+_SEAL_LIMITS = Limits(max_bytes=MAX_SEALED_BODY)
 
 
 class Scrubber:
@@ -46,6 +59,7 @@ class Scrubber:
         self.secrets = [s for s in secrets if s]
         self.drop = DROP_HEADERS | {h.lower() for h in header_names}
         self.query_names = {q.lower() for q in query_names}
+        self.redactor = Redactor(f for s in self.secrets for f in echo_forms(s))  # for the second wall
 
     def text(self, value: str) -> str:
         for s in self.secrets:
@@ -108,6 +122,92 @@ def _withhold(msg) -> None:
     msg.content = WITHHELD
 
 
+class StateSeal:
+    """The second wall: a flow's serialized state with every bytes and str value scrubbed.
+
+    Walks what `flow.get_state()` returns -- exactly what FlowWriter serializes -- so every
+    field is covered, present and future: keys, header names and values, URL parts, bodies
+    (decoded first, within bounds), websocket messages and close reasons, error messages,
+    metadata, comments. Certificates are binary: one that holds anything the scrubber would
+    change (an SNI with a card number, say, in mitmproxy's generated certificate) is dropped.
+    """
+
+    def __init__(self, sink: SinkScrubber | None = None, redactor: Redactor | None = None):
+        self.sink = sink or sink_scrubber()
+        self.redactor = redactor or Redactor()
+
+    def text(self, value: str) -> str:
+        return self.sink.text(self.redactor.text(value))
+
+    def data(self, value: bytes) -> bytes:
+        return self.sink.data(self.redactor.data(value))
+
+    def state(self, state: dict) -> dict:
+        return self._walk(state, None)
+
+    def _walk(self, obj, key):
+        if isinstance(obj, dict):
+            if "headers" in obj and "content" in obj:
+                return self._message(obj)
+            out = {}
+            for k, v in obj.items():
+                if k == "certificate_list" and isinstance(v, (list, tuple)):
+                    out[k] = [c for c in v if self._cert_clean(c)]
+                elif k == "mitmcert" and v is not None:
+                    out[k] = v if self._cert_clean(v) else None
+                else:
+                    out[self._walk(k, None) if isinstance(k, (str, bytes)) else k] = self._walk(v, k)
+            return out
+        if isinstance(obj, str):
+            return obj if key is not None and generated_id(key, obj) else self.text(obj)
+        if isinstance(obj, (bytes, bytearray)):
+            return self.data(bytes(obj))
+        if isinstance(obj, list):
+            return [self._walk(v, None) for v in obj]
+        if isinstance(obj, tuple):
+            return tuple(self._walk(v, None) for v in obj)
+        return obj
+
+    def _message(self, msg: dict) -> dict:
+        body = msg.get("content")
+        out = self._walk({k: v for k, v in msg.items() if k != "content"}, None)
+        if not body:
+            out["content"] = body
+            return out
+        headers = list(out.get("headers") or ())
+        coding = b", ".join(v for k, v in headers if k.lower() == b"content-encoding").decode("latin-1")
+        try:
+            plain = decode(body, coding, _SEAL_LIMITS) if coding else body
+        except Exception:  # undecodable, unsupported or too large: not stored
+            plain = None
+        if plain is None or len(plain) > MAX_SEALED_BODY:
+            out["headers"] = tuple((k, v) for k, v in headers if k.lower() != b"content-encoding")
+            out["content"] = WITHHELD
+            return out
+        clean = self.data(plain)
+        if clean == plain:
+            out["content"] = body  # nothing to change: kept as encoded, as the reader expects
+        else:  # stored decoded: re-encoding would only cost time on the writer thread
+            out["headers"] = tuple((k, v) for k, v in headers if k.lower() != b"content-encoding")
+            out["content"] = clean
+        return out
+
+    def _cert_clean(self, pem) -> bool:
+        if not isinstance(pem, (str, bytes)):
+            return False
+        text = pem.decode("latin-1") if isinstance(pem, bytes) else pem
+        try:
+            der = base64.b64decode("".join(ln for ln in text.splitlines() if not ln.startswith("-----")))
+        except ValueError:
+            return False
+        return self.data(der) == der and self.text(text) == text
+
+
+def serialize(flow, scrubber: "Scrubber") -> dict:
+    """What is stored of a flow: the scrubbed copy, serialized, then sealed."""
+    return StateSeal(redactor=scrubber.redactor).state(scrubber.flow(flow, copy=False).get_state())
+
+
 class RecordingFiles:
     """Owns the recording files on a background thread: append, rotate, sign."""
 
@@ -158,7 +258,7 @@ class RecordingFiles:
                     item = self.queue.get_nowait()
                 except queue.Empty:
                     item = ...
-            pending = [self._scrub(f, scrubber) for f, scrubber in batch]
+            pending = [st for st in (self._scrub(f, scrubber) for f, scrubber in batch) if st is not None]
             while True:
                 try:
                     self._write(pending)
@@ -172,9 +272,10 @@ class RecordingFiles:
         self._rotate()
 
     @staticmethod
-    def _scrub(flow, scrubber: "Scrubber"):
+    def _scrub(flow, scrubber: "Scrubber") -> dict | None:
+        """The state to store for a flow (see serialize), or a bare stub's if it cannot be made."""
         try:
-            return scrubber.flow(flow, copy=False)
+            return serialize(flow, scrubber)
         except Exception as e:  # never store what could not be scrubbed: keep a bare stub instead
             log.error("pangate recording: a flow could not be scrubbed; only a stub is kept:\n%s", safe_traceback(e))
             for msg in (flow.request, flow.response):
@@ -190,17 +291,21 @@ class RecordingFiles:
                 flow.error.msg = "[withheld]"
             flow.comment = ""
             flow.metadata = {}
-            return flow
+            try:
+                return StateSeal().state(flow.get_state())
+            except Exception as e2:
+                log.error("pangate recording: not even a stub of a flow could be kept: %s", type(e2).__name__)
+                return None
 
-    def _write(self, flows: list) -> None:
+    def _write(self, states: list) -> None:
         self._rotate_if_due()
-        while flows:
+        while states:
             if self._fo is None:
                 self._open()
-            FlowWriter(self._fo).add(flows[0])
+            tnetstring.dump(states[0], self._fo)  # as mitmproxy's FlowWriter.add writes get_state()
             self._fo.flush()
             self._dirty = True
-            flows.pop(0)  # written: a retry after a failure resumes after it, no duplicates
+            states.pop(0)  # written: a retry after a failure resumes after it, no duplicates
             self._rotate_if_due()
         now = time.monotonic()
         if self._dirty and now - self._synced >= SYNC_SECONDS:  # group commit: one fsync per window
@@ -260,6 +365,7 @@ class Recorder(Component):
         self._scrubber: tuple = (None, None, None)  # (policy, secrets, Scrubber): rebuilt when either changes
 
     def load(self, loader):
+        seal_flow_writers()
         loader.add_option("pangate_recordings_dir", str, "var/recordings",
                           "Directory of masked session recordings (mitmproxy flow files); empty disables them.")
         loader.add_option("pangate_recordings_rotate_mb", int, 64, "Start a new recording file at this size.")
@@ -279,7 +385,7 @@ class Recorder(Component):
         if not opts.pangate_recordings_dir:
             return
         try:
-            key = load_or_create_signing_key(opts.pangate_audit_key)
+            key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
             self.files = RecordingFiles(opts.pangate_recordings_dir, key, opts.pangate_recordings_rotate_mb << 20,
                                         opts.pangate_recordings_rotate_minutes * 60, self._state_changed)
         except (OSError, ValueError) as e:
@@ -339,3 +445,24 @@ class Recorder(Component):
 
     def error(self, flow):
         self._save(flow)
+
+
+def seal_flow_writers() -> None:
+    """Every flow mitmproxy itself serializes passes the StateSeal too.
+
+    mitmproxy writes flows outside the Recorder: `save_stream_file` (its Save
+    addon) and mitmweb's flow download both go through io.FlowWriter.add,
+    which dumps `flow.get_state()` as it is. Replacing that one method makes
+    them sinks with the same second wall as the recordings. Idempotent across
+    script reloads.
+    """
+    from mitmproxy import io
+
+    if getattr(io.FlowWriter.add, "pangate_sealed", False):
+        return
+
+    def add(self, f) -> None:
+        tnetstring.dump(StateSeal().state(f.get_state()), self.fo)
+
+    add.pangate_sealed = True
+    io.FlowWriter.add = add

@@ -35,6 +35,7 @@ class ScrubbedStream(io.TextIOBase):
         self.scrubber = scrubber
         self._buf = ""
         self._lock = threading.Lock()
+        self._binary: ScrubbedBuffer | None = None
 
     def writable(self) -> bool:
         return True
@@ -49,13 +50,18 @@ class ScrubbedStream(io.TextIOBase):
             else:
                 head, _, self._buf = self._buf.rpartition("\n")
                 head += "\n"
-            self.target.write(self.scrubber.text(head))
+            self.target.write(self._scrub(head))
         return len(s)
+
+    def _scrub(self, text: str) -> str:
+        if "{" not in text:
+            return self.scrubber.text(text)
+        return "".join(self.scrubber.line(ln) for ln in text.splitlines(keepends=True))
 
     def flush(self) -> None:
         with self._lock:
             if self._buf:
-                self.target.write(self.scrubber.text(self._buf))
+                self.target.write(self._scrub(self._buf))
                 self._buf = ""
             self.target.flush()
 
@@ -71,8 +77,51 @@ class ScrubbedStream(io.TextIOBase):
 
     @property
     def buffer(self):
-        # Writers that bypass text (click, for one) must not bypass the scrubber: give them none.
-        raise AttributeError("buffer")
+        # Writers of bytes (the stdout export, click) must not bypass the scrubber: theirs scrubs too.
+        target = getattr(self.target, "buffer", None)
+        if target is None:
+            raise AttributeError("buffer")
+        if self._binary is None or self._binary.target is not target:
+            self._binary = ScrubbedBuffer(target, self.scrubber, self)
+        return self._binary
+
+
+class ScrubbedBuffer(io.RawIOBase):
+    """The bytes side of a ScrubbedStream: whole lines scrubbed (JSON lines value by value)."""
+
+    def __init__(self, target, scrubber: SinkScrubber, text: ScrubbedStream):
+        self.target, self.scrubber, self.text = target, scrubber, text
+        self._buf = b""
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        b = bytes(b)
+        with self._lock:
+            self._buf += b
+            if b"\n" not in self._buf and len(self._buf) < 65536:
+                return len(b)
+            if b"\n" in self._buf:
+                head, _, self._buf = self._buf.rpartition(b"\n")
+                lines = (head + b"\n").splitlines(keepends=True)
+            else:
+                lines, self._buf = [self._buf], b""
+            self.text.flush()  # what was printed as text first comes out first
+            self.target.write(b"".join(self.scrubber.line_data(ln) for ln in lines))
+        return len(b)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._buf:
+                self.text.flush()
+                self.target.write(self.scrubber.line_data(self._buf))
+                self._buf = b""
+            self.target.flush()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
 
 
 def _factory(base, scrubber: SinkScrubber):

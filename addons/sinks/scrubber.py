@@ -19,6 +19,7 @@ for well-formed bytes, so when in doubt it stars out more.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 
@@ -28,10 +29,56 @@ from pangate.pan.engine import Masker
 # Bearer material by shape. A JWT is three base64url parts, the first a JSON header ("eyJ").
 _JWT = r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"
 _AUTH = r"(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9+/._~=-]{8,}"
-_AUTH_HEADER = r"(?i:(?:proxy-)?authorization)[\"']?\s*[:=,]\s*[\"']?[^\s\"',;}\]]{4,}(?:\s+[^\s\"',;}\]]{8,})?"
+# "Authorization: x", authorization=x, ("authorization", "x"). Not the next member of a JSON
+# object ("... no authorization", "code": ...): a value followed by `":` is a key, left alone,
+# or scrubbing a serialized record or refusal body would break its JSON.
+_VALUE = r"[^\s\"',;}\]]"
+_AUTH_HEADER = (r"(?i:(?:proxy-)?authorization)[\"']?\s*[:=,]\s*[\"']?(?!" + _VALUE + r"{4,}[\"']\s*:)"
+                + _VALUE + r"{4,}(?:\s+" + _VALUE + r"{8,})?")
 TOKEN_TEXT = re.compile("|".join((_JWT, _AUTH_HEADER, _AUTH)))
 TOKEN_DATA = re.compile(TOKEN_TEXT.pattern.encode())
 REDACTED = "[redacted]"
+# What must be in a string for TOKEN_TEXT or the PAN engine's SAD rules (its anchors) to find
+# anything: the cheap test before the regexes, run on the lower-cased string (a literal
+# alternation without IGNORECASE is several times faster).
+_TOKEN_WORDS = "eyj|bearer|basic|authorization"
+_SAD_WORDS = "cvv|cvc|cid|csc|pin|track|security"
+_HINT = re.compile(f"{_TOKEN_WORDS}|{_SAD_WORDS}")
+_HINT_DATA = re.compile(_HINT.pattern.encode())
+_TOKEN_HINT = re.compile(_TOKEN_WORDS)
+_TOKEN_HINT_DATA = re.compile(_TOKEN_WORDS.encode())
+_SAD_HINT = re.compile(_SAD_WORDS)
+# Fewer ASCII digits than this in an ASCII string: no card number in any form fits (a PAN has
+# 12 digits at least, and every escape of a digit -- %34, \u0034, \x34, &#52;, &#x34; -- spells
+# digits itself).
+_MIN_DIGITS = 12
+_DIGITS = b"0123456789"
+LABEL_MAX = 64
+
+
+# Identifiers pangate and mitmproxy generate (uuid4 hex request ids, connection and flow uuids,
+# approval ids, policy digests): random hex whose digits line up as a Luhn-valid number about
+# once in a thousand, and starring one would lose the way to find its record or flow. Exempt
+# only under these keys and only in exactly the generated shape, with a letter in it (an
+# all-digit value is scrubbed like any other).
+_HEX_ID = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{20}")
+_UUID = re.compile(r"(?=[0-9-]*[a-f])[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_APPROVAL_ID = re.compile(r"apr_(?=[0-9]*[a-f])[0-9a-f]{16}")
+_SHA256 = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{64}")
+_KEY_ID = re.compile(r"(?=[0-9]*[a-f])[0-9a-f]{16}")
+_ED25519_SIG = re.compile(r"[A-Za-z0-9+/]{86}==")  # base64 of 64 bytes
+_ID_OR_APPROVAL = re.compile(f"{_UUID.pattern}|{_APPROVAL_ID.pattern}")
+GENERATED_IDS = {"request_id": _HEX_ID, "replayed_from": _HEX_ID, "connection": _UUID, "id": _ID_OR_APPROVAL,
+                 "approval_id": _APPROVAL_ID, "policy": _SHA256, "digest": _SHA256, "previous": _SHA256,
+                 # the audit chain's own fields: a copy of a line (export, stdout) must still verify
+                 "prev": _SHA256, "head": _SHA256, "last_removed_hash": _SHA256, "key_id": _KEY_ID,
+                 "sig": _ED25519_SIG}
+
+
+def generated_id(key, value: str) -> bool:
+    """True when value, under key, is an identifier in exactly the shape pangate or mitmproxy makes."""
+    shape = GENERATED_IDS.get(key)
+    return shape is not None and shape.fullmatch(value) is not None
 
 
 class SecretRegistry:
@@ -41,6 +88,11 @@ class SecretRegistry:
         self._lock = threading.Lock()
         self._values: dict[str, tuple[str, ...]] = {}
         self.redactor = Redactor()
+        # (redactor, probe): the probe is the forms lower-cased, without IGNORECASE -- several
+        # times cheaper than the redactor -- for a first look at ASCII text. One attribute, so
+        # a reader never pairs one load's probe with another's redactor.
+        self.matcher: tuple[Redactor, re.Pattern | None, re.Pattern | None] = (self.redactor, None, None)
+        self.generation = 0  # bumped on each replace(): what was clean before may not be now
 
     def replace(self, secrets: dict[str, tuple[str, str | None]]) -> None:
         """secrets: name -> (value, basic user or None)."""
@@ -48,9 +100,17 @@ class SecretRegistry:
         with self._lock:
             self._values = values
             self.redactor = Redactor(f for forms in values.values() for f in forms)
+            forms = sorted({f.lower() for f in self.redactor.forms}, key=len, reverse=True)
+            alt = "|".join(map(re.escape, forms))
+            self.matcher = (self.redactor, re.compile(alt) if forms else None,
+                            re.compile(alt.encode()) if forms else None)
+            self.generation += 1
 
 
 SECRETS = SecretRegistry()
+_JSON_LINE_MAX = 1 << 20  # larger "JSON" lines are scrubbed as text
+_CLEAN_MAX = 4096  # short strings known clean under the current secrets (records repeat a small vocabulary)
+_CLEAN_LEN = 256
 
 
 class SinkScrubber:
@@ -59,19 +119,57 @@ class SinkScrubber:
     def __init__(self, masker: Masker | None = None, secrets: SecretRegistry = SECRETS):
         self.masker = masker or Masker(sad=True)
         self.secrets = secrets
+        self._clean: set[str] = set()
+        self._clean_gen = -1
+
+    def known_clean(self) -> set[str]:
+        """Strings already found to need nothing under the current secrets (a hot loop may test
+        membership itself before calling text()). Emptied when the secrets change."""
+        gen = self.secrets.generation
+        if gen != self._clean_gen:
+            self._clean = set()
+            self._clean_gen = gen
+        return self._clean
 
     def text(self, value: str) -> str:
         if not value:
             return value
-        value = self.secrets.redactor.text(value)
-        value = TOKEN_TEXT.sub(REDACTED, value)
-        return _mask_text(self.masker, value)
+        clean = self.known_clean()
+        if value in clean:
+            return value
+        original = value
+        ascii_ = value.isascii()
+        low = value.lower() if ascii_ else ""
+        redactor, probe, _ = self.secrets.matcher
+        if probe is not None and (not ascii_ or probe.search(low)):
+            value = redactor.text(value)
+            ascii_ = value.isascii()
+            low = value.lower() if ascii_ else ""
+        if not (ascii_ and len(value) - len(value.encode("ascii").translate(None, _DIGITS)) < _MIN_DIGITS
+                and not _HINT.search(low)):
+            if not ascii_ or _TOKEN_HINT.search(low):
+                value = TOKEN_TEXT.sub(REDACTED, value)
+            value = _mask_text(self.masker, value)
+        if len(value) <= _CLEAN_LEN and value == original:
+            if len(clean) >= _CLEAN_MAX:
+                clean.clear()
+            clean.add(value)
+        return value
 
     def data(self, value: bytes) -> bytes:
         if not value:
             return value
-        value = self.secrets.redactor.data(value)
-        value = TOKEN_DATA.sub(REDACTED.encode(), value)
+        ascii_ = value.isascii()
+        low = value.lower() if ascii_ else b""
+        redactor, _, probe = self.secrets.matcher
+        if probe is not None and (not ascii_ or probe.search(low)):
+            value = redactor.data(value)
+            ascii_ = value.isascii()
+            low = value.lower() if ascii_ else b""
+        if ascii_ and len(value) - len(value.translate(None, _DIGITS)) < _MIN_DIGITS and not _HINT_DATA.search(low):
+            return value
+        if not ascii_ or _TOKEN_HINT_DATA.search(low):
+            value = TOKEN_DATA.sub(REDACTED.encode(), value)
         return _mask_data(self.masker, value)
 
     def value(self, obj):
@@ -88,11 +186,70 @@ class SinkScrubber:
             return tuple(self.value(v) for v in obj)
         return obj
 
+    def line(self, value: str) -> str:
+        """One output line. A JSON object (an exported audit record, say) is scrubbed value by
+        value, so it stays JSON and its generated ids and chain hashes keep their shape; it is
+        re-serialized only if something changed. Anything else is scrubbed as text."""
+        body = value.rstrip("\r\n")
+        if body.startswith("{") and body.endswith("}") and len(body) < _JSON_LINE_MAX:
+            try:
+                obj = json.loads(body)
+            except ValueError:
+                obj = None
+            if isinstance(obj, dict):
+                clean = self._json(obj, None)
+                if clean == obj:
+                    return value
+                return json.dumps(clean, ensure_ascii=False, separators=(",", ":"), sort_keys=True) + value[len(body):]
+        return self.text(value)
 
-# The blunt pass: digit groups joined by separators, in any digit script once folded.
-_SEP = r"[ \t._/\\\-\u00a0\u00ad\u200b-\u200d\u2060\ufeff]{0,3}"
+    def line_data(self, value: bytes) -> bytes:
+        """line() for bytes (undecodable bytes are kept as they were, and scrubbed as data)."""
+        if value.lstrip()[:1] == b"{":
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                return self.data(value)
+            out = self.line(text)
+            return value if out is text else out.encode("utf-8")
+        return self.data(value)
+
+    def _json(self, obj, key):
+        if isinstance(obj, str):
+            return obj if key is not None and generated_id(key, obj) else self.text(obj)
+        if isinstance(obj, dict):
+            return {self.text(k): self._json(v, k) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [self._json(v, None) for v in obj]
+        return obj
+
+    def label(self, value, limit: int = LABEL_MAX) -> str:
+        """A metrics label value: scrubbed first (a cut must not leave a partial card number
+        readable), then bounded in length and free of control characters."""
+        text = self.text(value if isinstance(value, str) else str(value))
+        text = _CONTROL.sub("?", text)
+        return text if len(text) <= limit else text[:max(limit - 1, 0)] + "\u2026"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# The blunt pass: digit groups joined by separators, in any digit script once folded. NUL joins
+# the digits of UTF-16/32 text read as bytes; `+` is a form-encoded space.
+_SEPCHARS = "\\s._/\\\\+*'\"\\-\\x00\\u00a0\\u00ad\\u200b-\\u200d\\u2060\\ufeff"
+_SEP = "[" + _SEPCHARS + "]{0,4}"
 _RUN = re.compile(r"\d(?:" + _SEP + r"\d){12,}")
 _GROUP = re.compile(r"\d+")
+# A cheap necessary condition for _RUN (one character class, no backtracking).
+_CANDIDATE = re.compile(r"[\d" + _SEPCHARS + r"]{13,}")
+# The PAN engine looks no further than 12 bytes in a row of digits, spaces and dashes (scan._Z12).
+_ENGINE_RUN = re.compile(r"[0-9 \-]{12}")
+# Escaped digits: JSON/Python \uXXXX and \xXX, HTML/XML character references, percent-encoding.
+_ESCAPES = re.compile(r"\\u([0-9a-fA-F]{4})|\\x([0-9a-fA-F]{2})|&#[xX]([0-9a-fA-F]{1,6});?|&#([0-9]{1,7});?"
+                      r"|%([0-9a-fA-F]{2})")
+_ESCAPE_LEAD = re.compile(r"[\\&%]")
+# A stretch that may spell a number once unescaped (also layered: %26%2352%3B, \u0026#52;).
+_CLUSTER = re.compile(r"[0-9A-Fa-fuUxX#;&%" + _SEPCHARS + r"]{15,}")
+_LAYERS = 3
 
 
 def _luhn(digits: str) -> bool:
@@ -105,14 +262,15 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _blunt(value: str) -> str:
-    """Stars out any Luhn-valid 13-19 digit number in the payment ranges (first digit 2-6).
+def _card_digits(value: str) -> list[int]:
+    """Positions of the digits to star: of every Luhn-valid 13-19 digit number in the payment
+    ranges (first digit 2-6), all but the first six and the last four.
 
     The data path is careful about glue and brands to leave order ids alone;
     a sink need not be: a record with an id partly starred loses nothing, a
     record with a card number breaks 3.4.1. Digits of any script count.
     """
-    out = None
+    out: list[int] = []
     for run in _RUN.finditer(value):
         groups = [(m.start() + run.start(), m.group()) for m in _GROUP.finditer(run.group())]
         folded = ["".join(str(int(c)) for c in g) for _, g in groups]
@@ -123,30 +281,87 @@ def _blunt(value: str) -> str:
                 if len(digits) > 19:
                     break
                 if len(digits) >= 13 and digits[0] in "23456" and _luhn(digits):
-                    out = out if out is not None else list(value)
-                    _star(out, groups[i:j + 1], len(digits))
+                    k = 0
+                    for start, g in groups[i:j + 1]:
+                        for off in range(len(g)):
+                            if 6 <= k < len(digits) - 4:
+                                out.append(start + off)
+                            k += 1
+    return out
+
+
+def _blunt(value: str) -> str:
+    """value with every card number found by the blunt pass starred (raw, then unescaped)."""
+    out = None
+    if _CANDIDATE.search(value):
+        stars = _card_digits(value)
+        if stars:
+            out = list(value)
+            for p in stars:
+                out[p] = "*"
+    if _ESCAPE_LEAD.search(value):
+        for m in _CLUSTER.finditer(value):
+            for a, b in _escaped_cards(m.group()):
+                out = out if out is not None else list(value)
+                out[m.start() + a:m.start() + b] = "*" * (b - a)
     return value if out is None else "".join(out)
 
 
-def _star(chars: list, groups, n: int) -> None:
-    """Keep the first six and the last four digits of the n, star the rest."""
-    k = 0
-    for start, g in groups:
-        for off in range(len(g)):
-            if 6 <= k < n - 4:
-                chars[start + off] = "*"
-            k += 1
+def _unescape(s: str) -> tuple[str, list[tuple[int, int]]]:
+    """s with one layer of escapes decoded, and for each character the span of s it came from."""
+    chars: list[str] = []
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    for m in _ESCAPES.finditer(s):
+        for i in range(pos, m.start()):
+            chars.append(s[i])
+            spans.append((i, i + 1))
+        g = m.lastindex
+        code = int(m.group(g), 10 if g == 4 else 16)
+        if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+            for i in range(m.start(), m.end()):
+                chars.append(s[i])
+                spans.append((i, i + 1))
+        else:
+            chars.append(chr(code))
+            spans.append(m.span())
+        pos = m.end()
+    for i in range(pos, len(s)):
+        chars.append(s[i])
+        spans.append((i, i + 1))
+    return "".join(chars), spans
+
+
+def _escaped_cards(cluster: str) -> list[tuple[int, int]]:
+    """Spans of cluster (escapes whole) to star: the digits the blunt pass stars once decoded."""
+    if not _ESCAPE_LEAD.search(cluster):
+        return []
+    view, spans = cluster, [(i, i + 1) for i in range(len(cluster))]
+    out: list[tuple[int, int]] = []
+    for _ in range(_LAYERS):
+        decoded, inner = _unescape(view)
+        if decoded == view:
+            break
+        spans = [(spans[a][0], spans[b - 1][1]) for a, b in inner]
+        view = decoded
+        if _RUN.search(view):
+            out += [spans[p] for p in _card_digits(view)]
+        if not _ESCAPE_LEAD.search(view):
+            break
+    return out
 
 
 def _mask_text(masker: Masker, value: str) -> str:
-    value = masker.mask_text(value)[0]
-    return _blunt(value) if _RUN.search(value) else value
+    if not value.isascii() or _ENGINE_RUN.search(value) or _SAD_HINT.search(value.lower()):
+        value = masker.mask_text(value)[0]
+    return _blunt(value)
 
 
 def _mask_data(masker: Masker, value: bytes) -> bytes:
     value = masker.mask(value)[0]
     text = value.decode("utf-8", "surrogateescape")
-    return _blunt(text).encode("utf-8", "surrogateescape") if _RUN.search(text) else value
+    out = _blunt(text)
+    return value if out is text else out.encode("utf-8", "surrogateescape")
 
 
 _DEFAULT: SinkScrubber | None = None
