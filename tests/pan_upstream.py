@@ -147,3 +147,93 @@ def send_chunked(sock, chunks, headers: dict | None = None, status: int = 200) -
         if c:
             sock.sendall(b"%x\r\n%s\r\n" % (len(c), c))
     sock.sendall(b"0\r\n\r\n")
+
+
+# ---- raw responses for adversarial tests (tests/leakproof) --------------------------------------
+def send_raw(sock, status_line: str, body: bytes, headers: list | dict | None = None,
+             content_length: bool = True) -> None:
+    """A response with a status line written as given (reason phrase included) and headers in
+    order, repeated names allowed: [(name, value), ...]."""
+    items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+    head = status_line + "\r\n"
+    if content_length:
+        head += f"Content-Length: {len(body)}\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in items)
+    sock.sendall(head.encode("latin-1") + b"\r\n" + body)
+
+
+def send_chunked_trailers(sock, chunks, trailers: dict, headers: dict | None = None) -> None:
+    """Chunked transfer ending with trailer fields (announced in a Trailer header)."""
+    hdrs = {"Trailer": ", ".join(trailers), **(headers or {})}
+    head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+    head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    sock.sendall(head.encode() + b"\r\n")
+    for c in chunks:
+        if c:
+            sock.sendall(b"%x\r\n%s\r\n" % (len(c), c))
+    sock.sendall(b"0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in trailers.items()).encode() + b"\r\n")
+
+
+def range_handler(body: bytes, headers: dict | None = None):
+    """Honours `Range: bytes=A-B` (one range) with a 206 and the slice, as object stores do."""
+    import re
+
+    def handler(req, sock):
+        m = re.fullmatch(r"bytes=(\d*)-(\d*)", req.headers.get("range", "").strip())
+        hdrs = {"Accept-Ranges": "bytes", "ETag": '"v1"', **(headers or {})}
+        if not m or not (m.group(1) or m.group(2)):
+            send(sock, 200, body, hdrs)
+            return
+        if m.group(1):
+            a = int(m.group(1))
+            b = min(int(m.group(2)) if m.group(2) else len(body) - 1, len(body) - 1)
+        else:  # suffix range: the last N bytes
+            a, b = max(0, len(body) - int(m.group(2))), len(body) - 1
+        part = body[a:b + 1]
+        send_raw(sock, "HTTP/1.1 206 Partial Content", part,
+                 {**hdrs, "Content-Range": f"bytes {a}-{b}/{len(body)}"})
+    return handler
+
+
+def ws_script_handler(up, script):
+    """A websocket upstream that, once the handshake is done, sends `script` (wsproto events,
+    e.g. Ping, TextMessage, CloseConnection) and then records what the client sends: data
+    messages in up.ws_received, control frames as ("ping"|"pong"|"close", payload) in
+    up.ws_control."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Message, Ping, Pong, Request
+
+    if not hasattr(up, "ws_control"):
+        up.ws_control = []
+
+    def handler(req, s):
+        ws = WSConnection(ConnectionType.SERVER)
+        ws.receive_data(req.raw_head)
+        for ev in ws.events():
+            if isinstance(ev, Request):
+                s.sendall(ws.send(AcceptConnection()))
+        for ev in script:
+            s.sendall(ws.send(ev))
+            if isinstance(ev, CloseConnection):
+                break
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return False
+            ws.receive_data(data)
+            for ev in ws.events():
+                if isinstance(ev, Message):
+                    up.ws_received.append(ev.data)
+                elif isinstance(ev, Ping):
+                    up.ws_control.append(("ping", bytes(ev.payload)))
+                    s.sendall(ws.send(ev.response()))
+                elif isinstance(ev, Pong):
+                    up.ws_control.append(("pong", bytes(ev.payload)))
+                elif isinstance(ev, CloseConnection):
+                    up.ws_control.append(("close", (ev.reason or "").encode()))
+                    try:
+                        s.sendall(ws.send(ev.response()))
+                    except Exception:
+                        pass
+                    return False
+    return handler

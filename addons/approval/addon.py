@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from mitmproxy import ctx, exceptions, hooks
 
 from pangate.common import events
-from pangate.approval.model import UI_APPROVER, Ledger, Pending, VoteRefused, rule_for
+from pangate.approval.model import UI_APPROVER, LocalLedger, Pending, SharedLedger, VoteRefused, rule_for
 from pangate.authorize.addon import request_facts
 from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
 from pangate.policy.decide import decide
@@ -39,9 +39,11 @@ from pangate.pan.engine import Masker
 from pangate.common.periodic import Periodic
 from pangate.policy.model import Policy
 from pangate.common.webhook import Notifier, check_url, message
+from pangate.state.store import StateUnavailable
 
 log = logging.getLogger("pangate")
 POLL_SECONDS = 0.1  # how soon a mitmweb resume/kill is noticed: mitmproxy signals neither to a hook
+REFRESH_SECONDS = 1.0  # with shared state: how often a hold re-reads its approval, announced or not
 CLI = "pangate"
 EDITED = "the held request was edited in mitmweb; an edited request is never forwarded"
 
@@ -54,6 +56,7 @@ class Held:
     masked: dict  # what mitmweb sees, while held and after
     digest: str
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    refresh: bool = False  # the shared approval changed: read it again
 
 
 def _withhold(req) -> None:
@@ -75,15 +78,35 @@ class ApprovalHold(Periodic, Component):
     # Whatever became of the flow, mitmweb and flow files keep the masked copy.
     sees_refused = frozenset({"response", "error"})
 
-    def __init__(self, store):
+    def __init__(self, store, state=None):
         self.store = store
-        self.ledger = Ledger()
+        self.state = state  # SharedState: approvals, grants and who holds what, for every instance
+        self.local = LocalLedger()
+        self.shared = SharedLedger(lambda: self.state.store, lambda: self.store.policy)
         self.held: dict[str, Held] = {}  # approval id -> held flow
         self.after: dict[str, dict] = {}  # flow id -> masked request, put back once the flow completed
         self.masker = Masker()
         self.notifier = Notifier()
         store.subscribe(self._policy_changed)
         events.subscribe(self._event)
+        if state is not None:
+            state.listen(self._announced)
+
+    @property
+    def ledger(self):
+        return self.shared if self.state is not None and self.state.store.shared else self.local
+
+    def _announced(self, message: dict) -> None:
+        """An approval changed on some instance: wake the flow held here for it (or all, after an outage)."""
+        if message.get("kind") == "approval":
+            h = self.held.get(message.get("id"))
+            if h is not None:
+                h.refresh = True
+                h.wake.set()
+        elif message.get("kind") == "resync":
+            for h in self.held.values():
+                h.refresh = True
+                h.wake.set()
 
     def load(self, loader):
         loader.add_option("pangate_approval_webhook", str, "",
@@ -109,7 +132,11 @@ class ApprovalHold(Periodic, Component):
 
     async def tick(self):
         """Grants and grant requests past their time end here (holds time out in their own wait)."""
-        for p in self.ledger.expire():
+        try:
+            expired = await self.ledger.expire()
+        except StateUnavailable:
+            return  # SharedState refuses traffic meanwhile; expiry catches up when it answers
+        for p in expired:
             self._emit("approval_timed_out", p)
 
     # ------------------------------------------------------------------ data path
@@ -137,36 +164,44 @@ class ApprovalHold(Periodic, Component):
         if rule is None:
             return None
         if rule.mode == "grant":
-            self._grant(flow, rule, who)
-            return None
-        return self._hold(flow, rule, who)  # the data path waits for it before the credential is added
+            return self._guarded(flow, self._grant(flow, rule, who))
+        # The data path waits for it before the credential is added.
+        return self._guarded(flow, self._hold(flow, rule, who))
 
-    def _grant(self, flow, rule, who: str) -> None:
-        opened = self.ledger.granted(who, rule.name)
+    async def _guarded(self, flow, step) -> None:
+        """A decision that needs the shared state it cannot reach is refused, not guessed."""
+        try:
+            await step
+        except StateUnavailable as e:
+            refuse(flow, 503, "unavailable", f"{e}; the approval cannot be checked", StateUnavailable.code)
+
+    async def _grant(self, flow, rule, who: str) -> None:
+        opened = await self.ledger.granted(who, rule.name)
         if opened is not None:
             FlowContext.of(flow).approval = self._note(opened, "granted")
             return
-        p = self.ledger.find_open(who, rule.name) or self._open(flow, rule, who)
+        p = await self.ledger.find_open(who, rule.name) or await self._open(flow, rule, who)
         FlowContext.of(flow).approval = self._note(p, "pending")
         refuse(flow, 403, "approval_required",
                f"rule {rule.name} needs approval {p.id} by {rule.required} approver(s) "
                f"(`{CLI} approve {p.id}`); once approved, repeat the request within "
                f"{int(rule.grant_window)}s", "approval_required", {"X-Pangate-Approval-Id": p.id})
 
-    def _open(self, flow, rule, who: str) -> Pending:
+    async def _open(self, flow, rule, who: str) -> Pending:
         req = flow.request
         summary = {"method": req.method, "host": req.pretty_host, "port": req.port,
                    "path": self.masker.mask_url(req.path)[0]}
-        p = self.ledger.open(rule, who, summary, request_id(flow))
+        owner = self.state.instance if self.state is not None and self.ledger.shared else None
+        p = await self.ledger.open(rule, who, summary, request_id(flow), owner)
         self._emit("approval_pending", p, request=summary)
         self.notifier.send(message(p, CLI))
         return p
 
     async def _hold(self, flow, rule, who: str) -> None:
         real = flow.request.get_state()
-        self._mask(flow.request)
-        h = Held(flow, None, real, flow.request.get_state(), request_digest(flow.request))
-        h.pending = p = self._open(flow, rule, who)
+        self._mask(flow.request)  # refused or held, what stays visible is the masked copy
+        p = await self._open(flow, rule, who)
+        h = Held(flow, p, real, flow.request.get_state(), request_digest(flow.request))
         self.held[p.id] = h
         flow.intercept()
         flow.marked = ":hourglass_flowing_sand:"
@@ -180,36 +215,73 @@ class ApprovalHold(Periodic, Component):
             await self._wait(h)
         finally:
             self.held.pop(p.id, None)
-        self._release(h)
+        await self._release(h)
 
     async def _wait(self, h: Held) -> None:
-        p, flow = h.pending, h.flow
+        flow = h.flow
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + p.rule.timeout
-        while p.status == "pending":
+        deadline = loop.time() + h.pending.rule.timeout
+        last_read = loop.time()
+        while h.pending.status == "pending":
             if flow.error is not None or not flow.live:  # killed in mitmweb
-                self._vote(h, UI_APPROVER, False, "killed in mitmweb")
+                await self._local_vote(h, False, "killed in mitmweb")
                 break
             if not flow.intercepted:  # resumed in mitmweb
-                self._ui_resume(h)
+                await self._ui_resume(h)
                 continue
             left = deadline - loop.time()
             if left <= 0:
-                self.ledger.close(p, "timed_out", None, "approval timed out")
+                await self._close(h, "timed_out", None, "approval timed out")
                 break
             h.wake.clear()
             try:
                 await asyncio.wait_for(h.wake.wait(), min(POLL_SECONDS, left))
             except TimeoutError:
                 pass
+            if self.ledger.shared and (h.refresh or loop.time() - last_read >= REFRESH_SECONDS):
+                h.refresh, last_read = False, loop.time()
+                await self._reread(h)
 
-    def _ui_resume(self, h: Held) -> None:
+    async def _reread(self, h: Held) -> None:
+        """The approval as the shared state has it now (a vote through another instance, a revocation)."""
+        try:
+            fresh = await self.ledger.get(h.pending.id)
+        except StateUnavailable:
+            return  # keep holding; the flow times out here if the state does not come back in time
+        if fresh is None:  # lost (the store was emptied) or its rule left the policy
+            p = h.pending
+            p.status, p.decided_by, p.reason = "denied", None, "the approval's shared record was lost"
+        else:
+            h.pending = fresh
+            if fresh.status == "pending":
+                FlowContext.of(h.flow).approval = self._note(fresh, "pending")
+
+    async def _close(self, h: Held, status: str, by: str | None, reason: str, force: bool = False) -> None:
+        try:
+            h.pending = await self.ledger.close(h.pending, status, by, reason, force)
+        except StateUnavailable:
+            # Not forwarded either way: the decision stands here, whatever the shared record says.
+            p = h.pending
+            p.status, p.decided_by, p.reason = status, by, reason
+
+    async def _local_vote(self, h: Held, approve: bool, reason: str) -> None:
+        """A mitmweb resume/kill on this instance."""
+        try:
+            await self._vote(h, UI_APPROVER, approve, reason)
+        except StateUnavailable:
+            if not approve:
+                await self._close(h, "denied", UI_APPROVER, reason)
+            else:
+                raise VoteRefused("the shared state cannot be reached") from None
+
+    async def _ui_resume(self, h: Held) -> None:
         p, flow = h.pending, h.flow
         if p.rule.ui_resume:
             try:
-                self._vote(h, UI_APPROVER, True, "resumed in mitmweb")
+                await self._local_vote(h, True, "resumed in mitmweb")
             except VoteRefused as e:  # e.g. a second UI resume where two approvers are needed
                 log.warning("pangate approval %s: mitmweb resume not counted: %s", p.id, e)
+            p = h.pending
         else:
             events.emit("approval_ui_resume_refused", alert=True, approval_id=p.id, rule=p.rule.name,
                         requester=p.requester, request_id=p.request_id,
@@ -220,16 +292,17 @@ class ApprovalHold(Periodic, Component):
             flow.intercept()
             self._update(flow)
 
-    def _release(self, h: Held) -> None:
+    async def _release(self, h: Held) -> None:
         """Answer the held flow: forward the real request, or refuse with why."""
-        p, flow = h.pending, h.flow
+        flow = h.flow
         if flow.error is not None or not flow.live:
             # A mitmweb kill drops the client's connection unanswered (mitmproxy #8045):
             # take the flow back so the client gets a 403 that says why.
             flow.error, flow.live = None, True
         flow.resume()  # a no-op unless still intercepted (approved through the CLI)
-        if p.status == "granted":
-            self._check_unchanged(h)
+        if h.pending.status == "granted":
+            await self._check_unchanged(h)
+        p = h.pending
         self.after[flow.id] = h.masked
         if p.status == "granted":
             flow.marked = ":white_check_mark:"
@@ -248,16 +321,16 @@ class ApprovalHold(Periodic, Component):
         flow.comment = f"{flow.comment} -> {p.status}" + (f" by {p.decided_by}" if p.decided_by else "")
         self._update(flow)
 
-    def _check_unchanged(self, h: Held) -> None:
+    async def _check_unchanged(self, h: Held) -> None:
         """Forward the real request only if the copy shown was not edited and the policy still allows it."""
         p, flow = h.pending, h.flow
         if request_digest(flow.request) != h.digest:
-            self.ledger.close(p, "denied", p.decided_by, EDITED)
+            await self._close(h, "denied", p.decided_by, EDITED, force=True)
             return
         flow.request.set_state(copy.deepcopy(h.real))
         if not decide(self.store.policy, request_facts(flow, p.requester)).allowed:
             flow.request.set_state(copy.deepcopy(h.masked))
-            self.ledger.close(p, "denied", p.decided_by, "the policy no longer allows this request")
+            await self._close(h, "denied", p.decided_by, "the policy no longer allows this request", force=True)
 
     def response(self, flow):
         self._put_back(flow)
@@ -274,49 +347,66 @@ class ApprovalHold(Periodic, Component):
 
     # ------------------------------------------------------------------ decisions
 
-    def resolve(self, approval_id: str, approver: str, approve: bool, reason: str | None = None) -> dict:
-        """One approver's vote, from the control endpoint. Raises VoteRefused."""
+    async def resolve(self, approval_id: str, approver: str, approve: bool, reason: str | None = None) -> dict:
+        """One approver's vote, from the control endpoint (of any instance). Raises VoteRefused,
+        or StateUnavailable when the shared approvals cannot be reached."""
         h = self.held.get(approval_id)
-        p = self.ledger.pending.get(approval_id)
+        p = h.pending if h is not None else await self.ledger.get(approval_id)
         if p is not None and approver == p.requester:
             events.emit("approval_self_refused", alert=True, approval_id=approval_id, approver=approver,
                         requester=p.requester, rule=p.rule.name, request_id=p.request_id)
         if h is not None and approve and request_digest(h.flow.request) != h.digest:
-            self._vote(h, approver, False, EDITED)
+            await self._vote(h, approver, False, EDITED)
             raise VoteRefused(f"{approval_id} was edited in mitmweb while held: it is denied")
         if h is not None:
-            self._vote(h, approver, approve, reason)
+            await self._vote(h, approver, approve, reason)
             p = h.pending
         else:
-            p = self.ledger.vote(self.store.policy, approval_id, approver, approve, reason)
-            self._emit("approval_granted" if p.status == "granted" else
-                       "approval_denied" if p.status == "denied" else "approval_vote", p, voter=approver)
+            p = await self.ledger.vote(self.store.policy, approval_id, approver, approve, reason)
+            # A flow held by another instance is answered (and its outcome recorded) there.
+            held_elsewhere = p.rule.mode == "hold"
+            self._emit("approval_vote" if held_elsewhere or p.status == "pending" else
+                       "approval_granted" if p.status == "granted" else "approval_denied", p, voter=approver)
         return p.public()
 
-    def _vote(self, h: Held, approver: str, approve: bool, reason: str | None) -> None:
-        p = self.ledger.vote(self.store.policy, h.pending.id, approver, approve, reason)
+    async def _vote(self, h: Held, approver: str, approve: bool, reason: str | None) -> None:
+        p = await self.ledger.vote(self.store.policy, h.pending.id, approver, approve, reason)
+        h.pending = p
         if p.status == "pending":
             self._emit("approval_vote", p, voter=approver)
             FlowContext.of(h.flow).approval = self._note(p, "pending")
         h.wake.set()
 
-    def pending(self) -> list[dict]:
-        return [p.public() for p in self.ledger.pending.values()]
+    async def pending(self) -> list[dict]:
+        return [p.public() for p in await self.ledger.listing()]
 
     def _event(self, record: dict) -> None:
         """A revoked identity (or token) gets nothing it was waiting for."""
         if record.get("event") != "revoked":
             return
-        if record.get("identity"):
-            closed = self.ledger.revoke(record["identity"])
-        else:
-            jti = record.get("jti")
-            closed = [self.ledger.close(h.pending, "denied", None, "the requester's token was revoked")
-                      for h in list(self.held.values())
-                      if jti and (FlowContext.of(h.flow).identity or {}).get("token_id") == jti]
+        try:
+            asyncio.get_running_loop().create_task(self._revoked(record))
+        except RuntimeError:  # no event loop (a revocation at load time): nothing is held yet
+            pass
+
+    async def _revoked(self, record: dict) -> None:
+        try:
+            if record.get("identity"):
+                closed = await self.ledger.revoke(record["identity"])
+            else:
+                jti = record.get("jti")
+                closed = []
+                for h in list(self.held.values()):
+                    if jti and (FlowContext.of(h.flow).identity or {}).get("token_id") == jti:
+                        await self._close(h, "denied", None, "the requester's token was revoked")
+                        closed.append(h.pending)
+        except StateUnavailable as e:
+            log.warning("pangate approvals of a revoked requester not closed yet: %s", e)
+            return
         for p in closed:
             h = self.held.get(p.id)
             if h is not None:
+                h.pending = p
                 h.wake.set()  # the waiting hold answers with the denial
             else:
                 self._emit("approval_denied", p)

@@ -7,6 +7,7 @@ votes.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class Pending:
     status: str = "pending"  # pending | granted | denied | timed_out
     decided_by: str | None = None
     reason: str | None = None
+    owner: str | None = None  # the gateway instance holding the flow (hold mode), with shared state
 
     @property
     def expires(self) -> float:
@@ -76,7 +78,49 @@ class Pending:
         return {"id": self.id, "rule": self.rule.name, "mode": self.rule.mode, "requester": self.requester,
                 "request": self.summary, "request_id": self.request_id, "approvals": list(self.votes),
                 "required": self.rule.required, "expires_in": max(0, round(self.expires - now, 1)),
-                "status": self.status}
+                "status": self.status, **({"instance": self.owner} if self.owner else {})}
+
+    def to_doc(self) -> str:
+        """As kept in the shared state: the rule by name (each instance has the same policy)."""
+        return json.dumps({"id": self.id, "rule": self.rule.name, "requester": self.requester,
+                           "summary": self.summary, "request_id": self.request_id, "created": self.created,
+                           "votes": self.votes, "status": self.status, "decided_by": self.decided_by,
+                           "reason": self.reason, "owner": self.owner})
+
+    @classmethod
+    def from_doc(cls, text: str | None, policy: Policy) -> "Pending | None":
+        """None when absent, unreadable, or its rule is no longer in the policy (nothing left to approve)."""
+        if text is None:
+            return None
+        try:
+            d = json.loads(text)
+            rule = policy.approvals.get(d["rule"])
+            if rule is None:
+                return None
+            return cls(d["id"], rule, d["requester"], d["summary"], d.get("request_id"), float(d["created"]),
+                       list(d.get("votes") or []), d["status"], d.get("decided_by"), d.get("reason"),
+                       d.get("owner"))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def apply_vote(policy: Policy, p: Pending, approver: str, approve: bool, reason: str | None) -> None:
+    """One person's decision on p (changed in place). Raises VoteRefused when it does not count."""
+    if p.status != "pending":
+        raise VoteRefused(f"no pending approval {p.id!r}")
+    if approver == p.requester:
+        raise VoteRefused(f"{approver} requested this and may not approve or deny it (four eyes)")
+    if approver != UI_APPROVER and not eligible(policy, p.rule, approver):
+        raise VoteRefused(f"{approver} is not an approver of rule {p.rule.name}")
+    if not approve:
+        p.status, p.decided_by, p.reason = "denied", approver, reason or "denied by reviewer"
+        return
+    if approver in p.votes:
+        raise VoteRefused(f"{approver} has already approved {p.id}: "
+                          f"{p.rule.required} distinct approvers are needed")
+    p.votes.append(approver)
+    if len(p.votes) >= p.rule.required:
+        p.status, p.decided_by, p.reason = "granted", approver, reason
 
 
 class Ledger:
@@ -106,20 +150,11 @@ class Ledger:
         p = self.pending.get(approval_id)
         if p is None or p.status != "pending":
             raise VoteRefused(f"no pending approval {approval_id!r}")
-        if approver == p.requester:
-            raise VoteRefused(f"{approver} requested this and may not approve or deny it (four eyes)")
-        if approver != UI_APPROVER and not eligible(policy, p.rule, approver):
-            raise VoteRefused(f"{approver} is not an approver of rule {p.rule.name}")
-        if not approve:
-            return self.close(p, "denied", approver, reason or "denied by reviewer")
-        if approver in p.votes:
-            raise VoteRefused(f"{approver} has already approved {approval_id}: "
-                              f"{p.rule.required} distinct approvers are needed")
-        p.votes.append(approver)
-        if len(p.votes) >= p.rule.required:
-            self.close(p, "granted", approver, reason)
-            if p.rule.mode == "grant":
-                self.grants[(p.requester, p.rule.name)] = (self.clock() + p.rule.grant_window, p)
+        apply_vote(policy, p, approver, approve, reason)
+        if p.status != "pending":
+            self.pending.pop(p.id, None)
+        if p.status == "granted" and p.rule.mode == "grant":
+            self.grants[(p.requester, p.rule.name)] = (self.clock() + p.rule.grant_window, p)
         return p
 
     def close(self, p: Pending, status: str, by: str | None, reason: str | None) -> Pending:
@@ -152,4 +187,164 @@ class Ledger:
         out = [p for p in self.pending.values() if p.requester == requester]
         for p in out:
             self.close(p, "denied", None, f"identity {requester} was revoked")
+        return out
+
+
+# ---------------------------------------------------------------------------- one interface, two homes
+
+
+class LocalLedger:
+    """The async face of a Ledger in this process (no pangate_state): what ApprovalHold uses."""
+
+    shared = False
+
+    def __init__(self, ledger: Ledger | None = None):
+        self.ledger = ledger or Ledger()
+
+    async def open(self, rule, requester, summary, request_id, owner=None) -> Pending:
+        return self.ledger.open(rule, requester, summary, request_id)
+
+    async def find_open(self, requester, rule) -> Pending | None:
+        return self.ledger.find_open(requester, rule)
+
+    async def vote(self, policy, approval_id, approver, approve, reason=None) -> Pending:
+        return self.ledger.vote(policy, approval_id, approver, approve, reason)
+
+    async def close(self, p, status, by, reason, force=False) -> Pending:
+        if p.status == "pending" or force:
+            self.ledger.close(p, status, by, reason)
+        return p
+
+    async def get(self, approval_id) -> Pending | None:
+        return self.ledger.pending.get(approval_id)
+
+    async def granted(self, requester, rule) -> Pending | None:
+        return self.ledger.granted(requester, rule)
+
+    async def expire(self) -> list[Pending]:
+        return self.ledger.expire()
+
+    async def revoke(self, requester) -> list[Pending]:
+        return self.ledger.revoke(requester)
+
+    async def listing(self) -> list[Pending]:
+        return list(self.ledger.pending.values())
+
+
+class SharedLedger:
+    """Approvals and grants in the shared state: a vote through any instance counts on every one.
+
+    Each approval is one key, changed only by atomic read-modify-write; every
+    change is announced (`{"kind": "approval", "id": ...}`) so the instance
+    holding the flow releases it at once. A decided approval stays readable
+    for a while so its owner learns the outcome even if it missed the
+    announcement. Grants are keys that expire with their window.
+    """
+
+    shared = True
+    PREFIX = "pangate:apr:"
+    GRANT = "pangate:grant:"
+    OPEN = "pangate:open:"
+    KEEP = 300.0  # seconds past its timeout an approval stays readable
+    LONGEST = 86400.0  # ...and at most this long once changed
+
+    def __init__(self, store, policy, clock=time.time):
+        self.store = store  # callable: the current pangate.state.store.Store
+        self.policy = policy  # callable: the current Policy (rules are looked up by name)
+        self.clock = clock
+
+    def _s(self):
+        return self.store()
+
+    def _load(self, text: str | None) -> Pending | None:
+        return Pending.from_doc(text, self.policy())
+
+    def _ttl(self, p: Pending) -> float:
+        return max(1.0, p.expires - self.clock()) + self.KEEP
+
+    @staticmethod
+    def _pair(requester: str, rule: str) -> str:
+        return f"{requester}:{rule}"
+
+    async def _announce(self, p: Pending) -> None:
+        await self._s().publish({"kind": "approval", "id": p.id, "status": p.status})
+
+    async def open(self, rule, requester, summary, request_id, owner=None) -> Pending:
+        p = Pending("apr_" + secrets.token_hex(8), rule, requester, summary, request_id, self.clock(), owner=owner)
+        await self._s().set(self.PREFIX + p.id, p.to_doc(), self._ttl(p))
+        if rule.mode == "grant":
+            await self._s().set(self.OPEN + self._pair(requester, rule.name), p.id, rule.timeout)
+        return p
+
+    async def get(self, approval_id) -> Pending | None:
+        return self._load(await self._s().get(self.PREFIX + approval_id))
+
+    async def find_open(self, requester, rule) -> Pending | None:
+        approval_id = await self._s().get(self.OPEN + self._pair(requester, rule))
+        if approval_id is None:
+            return None
+        p = await self.get(approval_id)
+        return p if p is not None and p.status == "pending" and self.clock() <= p.expires else None
+
+    async def vote(self, policy, approval_id, approver, approve, reason=None) -> Pending:
+        def change(text):
+            p = Pending.from_doc(text, policy)
+            if p is None:
+                raise VoteRefused(f"no pending approval {approval_id!r}")
+            if p.status == "pending" and p.rule.mode == "grant" and self.clock() > p.expires:
+                raise VoteRefused(f"approval {approval_id} timed out")
+            apply_vote(policy, p, approver, approve, reason)
+            return p.to_doc(), p
+
+        p = await self._s().update(self.PREFIX + approval_id, change, self.LONGEST)
+        if p.status == "granted" and p.rule.mode == "grant":
+            await self._s().set(self.GRANT + self._pair(p.requester, p.rule.name), p.to_doc(), p.rule.grant_window)
+        await self._announce(p)
+        return p
+
+    async def _close(self, p, status, by, reason, force=False) -> tuple[Pending, bool]:
+        """Decide p unless someone decided it first (then their decision, as stored, is returned)."""
+        def change(text):
+            stored = self._load(text) or p
+            if stored.status != "pending" and not force:
+                return text, (stored, False)
+            stored.status, stored.decided_by, stored.reason = status, by, reason
+            return stored.to_doc(), (stored, True)
+
+        out, changed = await self._s().update(self.PREFIX + p.id, change, self.LONGEST)
+        if changed:
+            await self._announce(out)
+        return out, changed
+
+    async def close(self, p, status, by, reason, force=False) -> Pending:
+        return (await self._close(p, status, by, reason, force))[0]
+
+    async def granted(self, requester, rule) -> Pending | None:
+        return self._load(await self._s().get(self.GRANT + self._pair(requester, rule)))
+
+    async def listing(self) -> list[Pending]:
+        docs = await self._s().scan(self.PREFIX)
+        out = [self._load(v) for v in docs.values()]
+        return sorted((p for p in out if p is not None and p.status == "pending"), key=lambda p: p.created)
+
+    async def expire(self) -> list[Pending]:
+        now = self.clock()
+        out = []
+        for p in await self.listing():
+            if p.rule.mode == "grant" and now > p.expires:
+                q, changed = await self._close(p, "timed_out", None, "approval timed out")
+                if changed:  # every instance tries; the one that closed it reports it
+                    out.append(q)
+        return out
+
+    async def revoke(self, requester) -> list[Pending]:
+        store = self._s()
+        for key in await store.scan(self.GRANT + requester + ":"):
+            await store.delete(key)
+        out = []
+        for p in await self.listing():
+            if p.requester == requester:
+                q, changed = await self._close(p, "denied", None, f"identity {requester} was revoked")
+                if changed:
+                    out.append(q)
         return out

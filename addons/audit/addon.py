@@ -21,7 +21,8 @@ from mitmproxy import ctx, exceptions
 
 from pangate.common import events
 from pangate.audit.keys import load_or_create_signing_key
-from pangate.audit.log import AuditWriter
+from pangate.audit.log import AuditLocked, AuditWriter
+from pangate.state import instance
 from pangate.chain.context import KEY, FlowContext, refuse
 from pangate.chain.failsafe import FLOW_HOOKS, Component
 from pangate.export.delivery import direct_alerts
@@ -145,7 +146,15 @@ class Audit(Component):
                 writer = AuditWriter(opts.pangate_audit_dir, key, on_state_change=self._state_changed,
                                      flush_delay=opts.pangate_audit_flush_ms / 1000,
                                      retention_days=opts.pangate_audit_retention_days,
-                                     max_file_bytes=opts.pangate_audit_rotate_mb << 20)
+                                     max_file_bytes=opts.pangate_audit_rotate_mb << 20,
+                                     instance=instance.resolve(getattr(opts, "pangate_instance", ""),
+                                                               opts.pangate_audit_dir))
+            except AuditLocked as e:
+                # A second writer would fork the chain: this gateway does not start at all.
+                self.healthy, self.problem = False, str(e)
+                log.error("pangate refuses to start: %s", e)
+                ctx.master.shutdown()
+                raise exceptions.OptionsError(f"pangate audit: {e}") from None
             except (OSError, ValueError) as e:
                 self.healthy, self.problem = False, f"the audit trail cannot be opened: {e}"
                 raise exceptions.OptionsError(f"pangate audit: {e}") from None

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
+import fcntl
 import hashlib
 import heapq
 import itertools
@@ -94,6 +95,39 @@ class AuditError(RuntimeError):
 
 class AuditClosed(AuditError):
     pass
+
+
+class AuditLocked(AuditError):
+    """Another writer holds the audit directory: one chain per instance, one writer per chain."""
+
+
+LOCK_FILE = ".lock"
+
+
+def lock_directory(directory: str, instance: str | None) -> int:
+    """Take the directory's exclusive lock (released when the fd closes, or the process dies).
+
+    Two writers on one directory would fork its hash chain; the second one is
+    refused, told which process holds it."""
+    path = os.path.join(directory, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        except ValueError:
+            holder = {}
+        os.close(fd)
+        who = f"pid {holder.get('pid', '?')}" + (f", instance {holder['instance']}" if holder.get("instance") else "")
+        raise AuditLocked(f"the audit directory {directory} is in use by another writer ({who}): each gateway "
+                          "instance needs its own pangate_audit_dir") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "instance": instance}).encode() + b"\n", 0)
+    return fd
 
 
 class AuditBacklogFull(AuditError):
@@ -292,8 +326,9 @@ class AuditWriter:
                  coalesce: Callable[[dict], tuple | None] | None = refusal_key,
                  on_state_change: Callable[[bool, str], None] | None = None,
                  clock: Callable[[], float] = time.time, fileops: FileOps | None = None,
-                 scrubber: SinkScrubber | None = None):
+                 scrubber: SinkScrubber | None = None, instance: str | None = None):
         self.directory = os.path.abspath(directory)
+        self.instance = instance  # named in every record: one chain per gateway instance
         self._key = signing_key
         self._key_id = key_id(signing_key.public_key())
         self._every = checkpoint_every
@@ -331,10 +366,15 @@ class AuditWriter:
         self._last_attempt = 0.0
 
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
-        st = os.stat(self.directory)
-        self._dir_id = (st.st_dev, st.st_ino)
-        start_info = self._recover_state()
-        self._take_reserve()
+        self._lock_fd = lock_directory(self.directory, instance)
+        try:
+            st = os.stat(self.directory)
+            self._dir_id = (st.st_dev, st.st_ino)
+            start_info = self._recover_state()
+            self._take_reserve()
+        except BaseException:
+            os.close(self._lock_fd)  # a writer that did not start holds nothing
+            raise
         self._last_cp_mono = time.monotonic()
         self._fd: int | None = None
         self._thread = threading.Thread(target=self._run, name="pangate-audit-writer", daemon=True)
@@ -539,6 +579,9 @@ class AuditWriter:
         ok = self._durable_seq >= self._seq
         if not ok:
             log.error("audit: closed with %d records unwritten: %s", self._seq - self._durable_seq, self._failure)
+        if self._lock_fd is not None and not self._thread.is_alive():
+            os.close(self._lock_fd)  # the next writer of this directory may start
+            self._lock_fd = None
         return ok
 
     def __enter__(self):
@@ -604,6 +647,8 @@ class AuditWriter:
         self._cur_size = 0
 
     def _emit_locked(self, rec: dict) -> int:
+        if self.instance is not None:
+            rec.setdefault("instance", self.instance)
         seq = self._seq + 1
         rec["seq"], rec["prev"] = seq, self._head
         line = dumps_line(rec)

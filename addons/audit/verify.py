@@ -70,6 +70,7 @@ class VerifyReport:
     where_seq: int | None = None
     # Restarts after a crash: {"last_record": time, "restarted": time, "after_seq": n, "file": name}
     unclean_shutdowns: list = field(default_factory=list)
+    instances: set = field(default_factory=set)  # the `instance` its records name (one, normally)
     # Signing key changes: {"seq", "time", "old_key_id", "new_key_id", "sealed", "reason"}
     rotations: list = field(default_factory=list)
 
@@ -86,6 +87,7 @@ class VerifyReport:
                f"  last seq: {self.last_seq}",
                f"  time range: {self.first_time} .. {self.last_time}",
                f"  identities: {', '.join(sorted(self.identities)) or '-'}",
+               *([f"  instance: {', '.join(sorted(self.instances))}"] if self.instances else []),
                f"  signatures: {'verified' if self.signatures_checked else 'NOT checked (no public key)'}"]
         if self.recordings:
             bad = [r for r in self.recordings if not r[1]]
@@ -362,6 +364,8 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
                 rep.unclean_shutdowns.append({"after_seq": prev.seq, "last_record": prev.rec.get("time"),
                                               "restarted": rec.get("time"), "file": os.path.basename(item.path)})
             rep.records += 1
+            if isinstance(rec.get("instance"), str):
+                rep.instances.add(rec["instance"])
             ident = rec.get("identity")
             if isinstance(ident, dict):
                 ident = ident.get("name") or ident.get("id")
@@ -401,4 +405,53 @@ def verify_log(path, public_key=None, progress: Callable[[int, int], None] | Non
             rep.kind = "edited" if "content" in reason else (
                 "missing_signature" if "missing .sig" in reason else
                 "deleted" if "missing" in reason else "bad_signature")
+    return rep
+
+
+@dataclass
+class InstancesReport:
+    """Several gateway instances' chains (one audit directory each), each verified on its own."""
+
+    chains: list  # (directory, VerifyReport)
+    notes: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for _, r in self.chains)
+
+    @property
+    def span(self) -> tuple[str | None, str | None]:
+        firsts = [r.first_time for _, r in self.chains if r.first_time]
+        lasts = [r.last_time for _, r in self.chains if r.last_time]
+        return (min(firsts) if firsts else None, max(lasts) if lasts else None)
+
+    def summary(self) -> str:
+        out = []
+        for directory, rep in self.chains:
+            out.append(f"== {directory}")
+            out.append(rep.summary())
+        bad = [d for d, r in self.chains if not r.ok]
+        first, last = self.span
+        out.append(f"instances: {len(self.chains)} chains, {len(self.chains) - len(bad)} OK"
+                   + (f", FAILED: {', '.join(bad)}" if bad else ""))
+        out.append(f"  records: {sum(r.records for _, r in self.chains)}  merged time range: {first} .. {last}")
+        out += [f"  note: {n}" for n in self.notes]
+        return "\n".join(out)
+
+
+def verify_instances(directories: list[str], public_key=None, *, live: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> InstancesReport:
+    """Verify each instance's chain separately (they are independent chains) and merge their spans.
+
+    public_key: as for verify_log, the keyring every chain is checked against (each instance's key)."""
+    chains = [(d, verify_log(d, public_key, progress, live=live)) for d in directories]
+    rep = InstancesReport(chains)
+    seen: dict[str, str] = {}
+    for d, r in chains:
+        if len(r.instances) > 1:
+            rep.notes.append(f"{d} holds records of several instances ({', '.join(sorted(r.instances))})")
+        for name in r.instances:
+            if name in seen and seen[name] != d:
+                rep.notes.append(f"instance {name} appears in both {seen[name]} and {d}: a copied directory?")
+            seen.setdefault(name, d)
     return rep

@@ -49,9 +49,19 @@ def abort_connections(flow, *conns) -> bool:
     they are not there, the caller still sends nothing more, and a
     Content-Length body then ends short, which clients report.
     """
+    return reset_connections(flow.client_conn.id, *conns)
+
+
+def reset_connections(client_id: str, *conns, cancel: str | None = None) -> bool:
+    """Reset connections of the client connection `client_id` (see abort_connections).
+
+    A connection still being opened has no socket to reset yet: with `cancel`
+    (a reason), its opening is cancelled instead, and mitmproxy reports the
+    connection as failed with that reason.
+    """
     try:
         server = ctx.master.addons.get("proxyserver")
-        handler = getattr(server, "connections", {}).get(flow.client_conn.id) if server else None
+        handler = getattr(server, "connections", {}).get(client_id) if server else None
         if handler is None:
             return False
         done = False
@@ -60,6 +70,9 @@ def abort_connections(flow, *conns) -> bool:
             writer = getattr(io, "writer", None)
             if writer is not None:
                 writer.transport.abort()
+                done = True
+            elif cancel is not None and getattr(io, "handler", None) is not None:
+                io.handler.cancel(cancel)
                 done = True
         return done
     except Exception:  # called from error paths: must not raise into mitmproxy's layer

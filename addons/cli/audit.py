@@ -16,7 +16,7 @@ import os
 import sys
 
 from pangate.audit.log import FILE_RE, file_sort_key, iter_lines_reverse, list_audit_files
-from pangate.audit.verify import verify_log
+from pangate.audit.verify import verify_instances, verify_log
 from pangate.cli.progress import Progress
 
 DEFAULT_PUBKEY = "certs/audit-signing.key.pub"
@@ -47,10 +47,12 @@ def register(sub) -> None:
 
 
 def add_verify_arguments(p) -> None:
-    p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order")
+    p.add_argument("path", nargs="+", help="audit directory, or audit files in chain order; several "
+                   "directories are several gateway instances' chains, each verified on its own")
     p.add_argument("--pubkey", action="append",
                    help=f"Ed25519 public key of the checkpoints (default {DEFAULT_PUBKEY} if present); repeat for "
-                        "several keys. Retired keys kept by rotate-key beside it (KEY.<id>.pub) are used too")
+                        "several keys (rotated keys, or each instance's). Retired keys kept by rotate-key beside "
+                        "it (KEY.<id>.pub) are used too")
     p.add_argument("--recordings", help="directory of session recordings whose signatures to check")
     p.add_argument("--live", action="store_true", help="the gateway is running: accept an unsigned tail")
     p.add_argument("--progress", action="store_true", help="draw a progress bar on stderr even when it is not a TTY")
@@ -64,6 +66,7 @@ def verify_cmd(args) -> int:
         if not os.path.exists(p):
             print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
             return 2
+    instances = len(paths) > 1 and all(os.path.isdir(p) for p in paths)
     pubkey = args.pubkey or ([DEFAULT_PUBKEY] if os.path.exists(DEFAULT_PUBKEY) else None)
     if pubkey is None:
         print("warning: no public key (--pubkey): signatures are NOT checked", file=sys.stderr)
@@ -74,8 +77,14 @@ def verify_cmd(args) -> int:
             print(f"pangate audit verify: {p} does not exist", file=sys.stderr)
             return 2
     progress = Progress("verifying") if args.progress or sys.stderr.isatty() else None
+    if instances and args.recordings:
+        print("pangate audit verify: --recordings goes with one audit directory at a time", file=sys.stderr)
+        return 2
     try:
-        rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
+        if instances:
+            rep = verify_instances(paths, pubkey, live=args.live, progress=progress)
+        else:
+            rep = verify_log(target, pubkey, progress, live=args.live, recordings=args.recordings)
     except (OSError, ValueError) as e:
         if progress is not None:
             progress.clear()

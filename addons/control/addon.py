@@ -15,6 +15,7 @@ from pangate.approval.model import VoteRefused
 from pangate.chain.failsafe import Component
 from pangate.control.calls import MAX_BODY, CallRefused, CallVerifier, approver_keys, parse_listen
 from pangate.policy.model import Policy
+from pangate.state.store import StateUnavailable
 
 log = logging.getLogger("pangate")
 
@@ -92,7 +93,8 @@ class Control(Component):
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, ConnectionError):
             status, doc = 400, {"error": "bad_request", "reason": "could not read the request"}
         body = json.dumps(doc, indent=1).encode() + b"\n"
-        reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict"}
+        reasons = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict",
+                   503: "Service Unavailable"}
         writer.write(f"HTTP/1.1 {status} {reasons.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
         try:
@@ -118,13 +120,17 @@ class Control(Component):
         except CallRefused as e:
             log.warning("pangate control call refused: %s", e)
             return e.status, {"error": "refused", "reason": str(e)}
-        if call["action"] == "list":
-            return 200, {"pending": self.approval.pending()}
         # The reason is free text that lands in the audit trail: card numbers masked.
         reason = self.approval.masker.mask_text(str(call.get("reason") or "")[:500])[0] or None
         try:
-            result = self.approval.resolve(call["id"], call["approver"], call["action"] == "approve", reason)
+            if call["action"] == "list":
+                return 200, {"pending": await self.approval.pending()}
+            result = await self.approval.resolve(call["id"], call["approver"], call["action"] == "approve", reason)
         except VoteRefused as e:
             log.warning("pangate approval vote by %s refused: %s", call["approver"], e)
             return 409, {"error": "refused", "reason": str(e)}
+        except StateUnavailable as e:
+            # Nothing was decided: the approver may try again once the shared state answers.
+            log.warning("pangate control call by %s not decided: %s", call["approver"], e)
+            return 503, {"error": StateUnavailable.code, "reason": f"{e}; nothing was decided, try again"}
         return 200, {"approval": result}

@@ -8,11 +8,9 @@ responses that echo it.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from dataclasses import dataclass
-from urllib.parse import quote, quote_plus
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -22,14 +20,15 @@ from pangate.chain import veil
 from pangate.policy.decide import destinations_for
 from pangate.chain.context import FlowContext, refuse
 from pangate.chain.failsafe import Component
-from pangate.chain.scrub import rewrite_headers
 from pangate.chain.wire import may_stream
+from pangate.credentials.forms import Redactor
+from pangate.credentials.kinds import CLIENT_CREDENTIAL_HEADERS, PLACEHOLDER, kind_of
 from pangate.policy.model import Credential, Policy
 from pangate.sinks.scrubber import SECRETS
 
 log = logging.getLogger("pangate")
-INJECTED = "[injected by pangate]"
-CLIENT_CREDENTIAL_HEADERS = ("Authorization", "Cookie", "X-Api-Key", "Api-Key")
+INJECTED = PLACEHOLDER
+__all__ = ["CLIENT_CREDENTIAL_HEADERS", "INJECTED", "Credentials", "Secret", "ClientCert"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +41,16 @@ class Secret:
 
     @property
     def forms(self) -> tuple[str, ...]:
-        """Every spelling of the secret that can come back: as read, and as put on the wire."""
-        out = [self.value]
-        if self.credential.type == "basic":
-            out.append(base64.b64encode(self.value.encode()).decode())
-        elif self.credential.type == "query":
-            out.append(quote(self.value, safe=""))
-            out.append(quote_plus(self.value))
-        return tuple(dict.fromkeys(f for f in out if f))
+        """Every spelling of the secret that can come back (credentials.kinds: its kind's echo forms)."""
+        return kind_of(self.credential).echo_forms(self.value)
+
+    @property
+    def redactor(self) -> Redactor:
+        r = self.__dict__.get("_redactor")
+        if r is None:  # built once per secret: a compiled alternation of every form
+            r = Redactor(self.forms)
+            object.__setattr__(self, "_redactor", r)
+        return r
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Credentials(Component):
             if cred is None:
                 continue
             try:
-                if cred.type == "mtls":
+                if not kind_of(cred).sent:  # a client certificate: presented, not sent
                     certs[dest.name] = read_client_cert(cred)
                 else:
                     secrets[dest.name] = Secret(cred, read_secret(cred))
@@ -141,12 +142,7 @@ class Credentials(Component):
         secret = self.secrets.get(cred["destination"]) if cred else None
         if secret is None:
             return
-        c = secret.credential
-        if c.type == "query":
-            if c.name in flow.request.query:
-                flow.request.query[c.name] = INJECTED
-        elif (c.name or "Authorization") in flow.request.headers:
-            flow.request.headers[c.name or "Authorization"] = INJECTED
+        kind_of(secret.credential).scrub(flow.request, secret.credential)
 
     def requestheaders(self, flow):
         # A streamed request's headers leave before `request`: inject now.
@@ -158,15 +154,13 @@ class Credentials(Component):
         (a streamed body sends them right after this hook); ResponseMasking redacts the body."""
         secret = self.secret_sent(flow)
         if secret is not None and flow.response is not None:
-            self._redact_headers(flow.response.headers, secret.forms)
+            redact_fields(flow.response.headers, secret.redactor)
+            if flow.response.trailers is not None:
+                redact_fields(flow.response.trailers, secret.redactor)
 
     def secret_sent(self, flow) -> "Secret | None":
         dest = (FlowContext.of(flow).credential or {}).get("destination")
         return self.secrets.get(dest) if dest else None
-
-    @staticmethod
-    def _redact_headers(headers, forms) -> None:
-        rewrite_headers(headers, lambda v: _redact(v, forms))
 
     def request(self, flow):
         fc = FlowContext.of(flow)
@@ -181,7 +175,7 @@ class Credentials(Component):
             return
         if dest in self.client_certs:  # presented in the TLS handshake (tls_start_server)
             self._strip_client_credentials(flow, self.client_certs[dest].credential)
-            fc.credential = {"destination": dest, "type": "mtls"}
+            fc.credential = {"destination": dest, "type": self.client_certs[dest].credential.type}
             return
         secret = self.secrets.get(dest)
         if secret is None:
@@ -216,22 +210,10 @@ class Credentials(Component):
         tls_start.ssl_conn.use_privatekey(cert.key)
 
     def _strip_client_credentials(self, flow, cred: Credential) -> None:
-        headers = flow.request.headers
-        for name in CLIENT_CREDENTIAL_HEADERS + ((cred.name,) if cred.type == "header" else ()):
-            headers.pop(name, None)
-        if cred.type == "query":
-            flow.request.query.pop(cred.name, None)
+        kind_of(cred).strip(flow.request, cred)
 
     def _inject(self, flow, secret: Secret) -> None:
-        cred, value = secret.credential, secret.value
-        if cred.type == "header":
-            flow.request.headers[cred.name] = value
-        elif cred.type == "bearer":
-            flow.request.headers[cred.name or "Authorization"] = f"Bearer {value}"
-        elif cred.type == "basic":
-            flow.request.headers[cred.name or "Authorization"] = "Basic " + base64.b64encode(value.encode()).decode()
-        elif cred.type == "query":
-            flow.request.query[cred.name] = value
+        kind_of(secret.credential).inject(flow.request, secret.credential, secret.value)
 
 
 
@@ -245,8 +227,10 @@ def _sink_secrets(secrets: dict[str, Secret]):
             yield f"{name}#password", (password, user)
 
 
-def _redact(value, forms):
-    """Each spelling of the secret replaced by stars of its length (lengths and framing stay valid)."""
-    for f in forms:
-        value = value.replace(f, "*" * len(f))
-    return value
+def redact_fields(headers, redactor: Redactor) -> bool:
+    """Every header name and value with each form of the secret starred (same length); True if any was."""
+    fields = tuple((redactor.data(k), redactor.data(v)) for k, v in headers.fields)
+    if fields != headers.fields:
+        headers.fields = fields
+        return True
+    return False

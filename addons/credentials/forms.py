@@ -8,9 +8,10 @@ and base64 shows up both for `user:pass` and for a token wrapped whole or
 inside a larger base64 blob. So the redactor matches forms, not one string:
 
 - the value as read, lower- and upper-cased (matched case-insensitively);
-- JSON-escaped (`\\/`, `\\uXXXX` for every non-alphanumeric character);
-- percent-encoded (quote and quote_plus, upper or lower hex: matched
-  case-insensitively);
+- JSON-escaped (`\\/`; `\\uXXXX` for every non-alphanumeric character, and
+  for every character);
+- percent-encoded (quote and quote_plus, and every byte as `%XX`; upper or
+  lower hex: matched case-insensitively);
 - base64 (standard and URL-safe, with or without padding) of the value and,
   for basic credentials, of `user:pass`; plus the stable middle of the value's
   base64 at each of the three alignments it can have inside a longer blob.
@@ -51,8 +52,10 @@ def echo_forms(value: str, basic_user: str | None = None) -> tuple[str, ...]:
     forms = {value, value.lower(), value.upper()}
     forms.add(json.dumps(value)[1:-1].replace("/", "\\/"))
     forms.add("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in value))
+    forms.add("".join(f"\\u{ord(c):04x}" for c in value))
     forms.add(quote(value, safe=""))
     forms.add(quote_plus(value))
+    forms.add("".join(f"%{b:02X}" for b in raw))
     for blob in (raw, f"{basic_user}:{value}".encode() if basic_user is not None else None):
         if blob is None:
             continue
@@ -104,11 +107,18 @@ class StreamRedactor:
         self.r = redactor
         self.keep = max(redactor.longest - 1, 0)
         self.pending = b""
+        self.hits = 0  # forms starred so far
+
+    def _redact(self, data: bytes) -> bytes:
+        out = self.r.data(data)
+        if out != data:
+            self.hits += 1
+        return out
 
     def feed(self, chunk: bytes) -> bytes:
         if not self.r:
             return chunk
-        buf = self.r.data(self.pending + chunk)
+        buf = self._redact(self.pending + chunk)
         if len(buf) <= self.keep:
             self.pending = buf
             return b""
@@ -117,5 +127,5 @@ class StreamRedactor:
         return buf[:cut]
 
     def flush(self) -> bytes:
-        out, self.pending = self.r.data(self.pending), b""
+        out, self.pending = self._redact(self.pending), b""
         return out

@@ -24,12 +24,17 @@ from pangate.policy.model import Policy
 from pangate.common.filewatch import WatchedFile
 from pangate.common.periodic import file_stamp
 from pangate.identity.revocation import DEFAULT_PATH, RevocationList, read
+from pangate.state import revocations as shared_revocations
+from pangate.state.store import StateUnavailable
 from pangate.policy.schema import parse_duration
 from pangate.identity.tokens import Principal, TokenError, TokenVerifier, parse_proxy_authorization
 
 log = logging.getLogger("pangate")
 PROXY_AUTH = "Proxy-Authorization"
-CHALLENGE = 'Bearer realm="pangate", Basic realm="pangate"'
+# One Proxy-Authenticate header per scheme, Basic first: RFC 9110 allows a
+# comma-joined list, but Java's HttpClient (17) reads only the first scheme of
+# a header and gives up on anything but Basic, and curl/requests pick Basic too.
+CHALLENGES = ('Basic realm="pangate"', 'Bearer realm="pangate"')
 # client connection id -> Caller. Module-level so it outlives a reload of the
 # gateway script: open tunnels keep their (re-checked) identity.
 _BOUND: dict[str, "Caller"] = {}
@@ -49,22 +54,12 @@ class Caller:
 
 
 def identity_for(policy: Policy, principal: Principal) -> str | None:
-    """Map verified claims to one policy identity, or None."""
+    """Map verified claims to one policy identity, or None (an index lookup, not a scan)."""
     if principal.static:
         ident = policy.identities.get(principal.subject)
         return ident.name if ident and ident.static_key_sha256 else None
-    for ident in policy.identities.values():
-        if ident.issuer != principal.issuer:
-            continue
-        issuer = policy.issuers[ident.issuer]
-        want_sub = ident.subject or (ident.name if issuer.type == "pangate" else None)
-        if want_sub is not None and principal.subject != want_sub:
-            continue
-        if want_sub is None and not ident.claims:
-            continue  # an identity must pin something, or every token of the issuer would match
-        if all(str(principal.claims.get(k)) == v for k, v in ident.claims):
-            return ident.name
-    return None
+    ident = policy.identity_index.match(principal.issuer, principal.subject, principal.claims)
+    return ident.name if ident else None
 
 
 def verifier_inputs(policy: Policy) -> tuple:
@@ -104,18 +99,22 @@ class Throttle:
         self._failures[source] = times  # most recent last: the oldest sources are forgotten first
         while len(self._failures) > self.MAX_SOURCES:
             self._failures.popitem(last=False)
-        n = len(times)
+        return len(times), self.delay_for(len(times))
+
+    def delay_for(self, n: int) -> float:
+        """The wait before answering the n-th failure of a source within the window."""
         if n <= self.free:
-            return n, 0.0
-        return n, min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
+            return 0.0
+        return min(self.BASE * 2 ** (n - self.free - 1), self.max_delay)
 
 
 class Identify(Component):
     """Authenticates CONNECT and plain proxy requests; binds identities to connections."""
 
-    def __init__(self, store, revocations=None):
+    def __init__(self, store, revocations=None, state=None):
         self.store = store
         self.revocations = revocations  # anything with is_revoked(caller) -> str | None
+        self.state = state  # SharedState: with a shared store, the bad-token counts are every instance's
         self.verifier: TokenVerifier | None = None
         self._verifier_inputs = None
         self.bound = _BOUND
@@ -181,7 +180,17 @@ class Identify(Component):
     async def _refuse_bad(self, flow, code: str, reason: str) -> None:
         """A bad token: refused, and its source slowed down when it keeps trying."""
         source = (flow.client_conn.peername or ("unknown",))[0]
-        count, delay = self.throttle.failed(source)
+        store = self.state.store if self.state is not None else None
+        if store is not None and store.shared:
+            try:
+                count = await store.hit(f"pangate:fail:{source}", Throttle.WINDOW)
+            except StateUnavailable as e:
+                # Refused either way; the 503 says why it is not the usual 407.
+                refuse(flow, 503, "unavailable", str(e), StateUnavailable.code)
+                return
+            delay = self.throttle.delay_for(count)
+        else:
+            count, delay = self.throttle.failed(source)
         if delay:
             if count == self.throttle.free + 1 or count & (count - 1) == 0:  # first, then at powers of two
                 events.emit("auth_throttled", alert=True, source=source, failures=count,
@@ -190,7 +199,9 @@ class Identify(Component):
         self._refuse(flow, code, reason)
 
     def _refuse(self, flow, code: str, reason: str) -> None:
-        refuse(flow, 407, "proxy_auth_required", reason, code, {"Proxy-Authenticate": CHALLENGE})
+        refuse(flow, 407, "proxy_auth_required", reason, code)
+        if flow.response is not None and flow.response.status_code == 407:
+            flow.response.headers.set_all("Proxy-Authenticate", list(CHALLENGES))
         events.emit("token_refused", code=code, reason=reason, request_id=FlowContext.of(flow).request_id,
                     client=_peer(flow))
 
@@ -255,9 +266,17 @@ class Revocations(WatchedFile, Component):
 
     _had_file = False  # once a list was read, a missing file is a failure, not "nothing revoked"
 
-    def __init__(self):
+    def __init__(self, state=None):
         self.current = RevocationList()
         self.problem_code = "revocations_unavailable"
+        # With a shared store: what every instance (and `pangate revoke --state`) revoked.
+        self.state = state
+        self.shared = RevocationList()
+        self._pushed = RevocationList()  # what this instance's file put in the shared store
+        self._syncing: asyncio.Task | None = None
+        self._again = False
+        if state is not None:
+            state.listen(self._announced)
 
     def load(self, loader):
         loader.add_option("pangate_revocations", str, DEFAULT_PATH,
@@ -272,14 +291,71 @@ class Revocations(WatchedFile, Component):
 
     def is_revoked(self, caller) -> str | None:
         """Why the caller's identity or token is revoked, or None."""
-        lst = self.current
-        hit = lst.identities.get(caller.identity)
-        if hit is not None:
-            return f"identity {caller.identity!r} is revoked: {hit.get('reason', 'revoked')}"
-        jti = caller.principal.token_id
-        if jti and jti in lst.jtis:
-            return f"this token (id {jti}) is revoked: {lst.jtis[jti].get('reason', 'revoked')}"
+        for lst in (self.current, self.shared):
+            hit = lst.identities.get(caller.identity)
+            if hit is not None:
+                return f"identity {caller.identity!r} is revoked: {hit.get('reason', 'revoked')}"
+            jti = caller.principal.token_id
+            if jti and jti in lst.jtis:
+                return f"this token (id {jti}) is revoked: {lst.jtis[jti].get('reason', 'revoked')}"
         return None
+
+    # -- the shared list ------------------------------------------------------
+
+    def _announced(self, message: dict) -> None:
+        if message.get("kind") in ("revocations", "resync"):
+            self._sync(resync=message.get("kind") == "resync")
+
+    def _sync(self, resync: bool = False) -> None:
+        """Push this file's changes and pull everyone's, in one task at a time (a change during it runs again)."""
+        if self.state is None or not self.state.store.shared:
+            return
+        if self._syncing is not None and not self._syncing.done():
+            self._again = True
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._syncing = loop.create_task(self._run_sync(resync))
+
+    async def _run_sync(self, resync: bool) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._exchange(resync)
+            except StateUnavailable as e:
+                log.warning("pangate shared revocations not synchronized: %s", e)
+                return  # SharedState refuses traffic meanwhile; its recovery announces a resync
+            if not self._again:
+                return
+            resync = False
+
+    async def _exchange(self, resync: bool) -> None:
+        store = self.state.store
+        if resync and await store.get(shared_revocations.EPOCH) is None:
+            # The store lost its data (a restart without persistence): put back what this instance knew.
+            await store.set(shared_revocations.EPOCH, self.state.instance)
+            await shared_revocations.push(store, shared_revocations.union(self.current, self.shared))
+            self._pushed = self.current
+        added, lifted = shared_revocations.diff(self._pushed, self.current)
+        if resync:
+            added = self.current  # whatever the file holds is (again) in the shared list
+        if added.identities or added.jtis or lifted.identities or lifted.jtis:
+            await shared_revocations.push(store, added, lifted)
+        self._pushed = self.current
+        new = await shared_revocations.pull(store)
+        old, self.shared = self.shared, new
+        for name in new.identities.keys() - old.identities.keys() - self.current.identities.keys():
+            events.emit("revoked", alert=True, identity=name, jti=None, reason=new.identities[name].get("reason"),
+                        via="shared")
+        for jti in new.jtis.keys() - old.jtis.keys() - self.current.jtis.keys():
+            events.emit("revoked", alert=True, identity=None, jti=jti, reason=new.jtis[jti].get("reason"),
+                        via="shared")
+        for name in old.identities.keys() - new.identities.keys() - self.current.identities.keys():
+            events.emit("unrevoked", identity=name, jti=None, via="shared")
+        for jti in old.jtis.keys() - new.jtis.keys() - self.current.jtis.keys():
+            events.emit("unrevoked", identity=None, jti=jti, via="shared")
 
     def _load(self, path: str, announce: bool = True) -> None:
         stamp = file_stamp(path)
@@ -292,6 +368,7 @@ class Revocations(WatchedFile, Component):
         self.healthy, self.problem = True, ""
         log.info("pangate revocation list loaded from %s: %d identities, %d token ids",
                  path, len(new.identities), len(new.jtis))
+        self._sync()  # with a shared store, every instance learns of it
         if not announce:
             return
         # Held flows (approvals) subscribe to these and end the revoked ones.
@@ -305,6 +382,9 @@ class Revocations(WatchedFile, Component):
             events.emit("unrevoked", identity=None, jti=jti)
 
     async def tick(self):
+        self._ticks = getattr(self, "_ticks", 0) + 1
+        if self._ticks % 20 == 0:  # every few seconds: a missed announcement is caught up
+            self._sync()
         try:
             self.poll()
         except Exception as e:  # the watcher must outlive any surprise: fail closed, keep watching

@@ -23,7 +23,7 @@ Detection rules, in the order they are applied (cheapest first):
    a Luhn-valid number with a payment MII that no row names is still a PAN
    (kind PAN_UNKNOWN_BRAND) unless the scanner is strict_brand.
 
-Separators (SEPS): space, ``-``, ``.``, ``_``, ``/``, tab, CR, LF; so
+Separators (SEPS): space, ``-``, ``.``, ``_``, ``/``, backslash, tab, CR, LF; so
 ``4111.1111.1111.1111``, ``4111 - 1111 - ...``, ``4111  1111 ...`` (double
 space) and a PAN broken over lines are one window. views.py folds Unicode
 spaces, dashes, NBSP, zero-width and soft-hyphen characters (and escaped
@@ -67,13 +67,13 @@ _DBL = bytes.maketrans(b"0123456789", b"0246813579")  # Luhn: doubled digit, dig
 # 0x00 rather than "0": bytes.find skips ahead using a 64-bit bloom of
 # (byte & 63), and "0" (48) collides with "p" (112), which made every digit
 # stall the search for the "pin" anchor.
-SEPS = b" -._/\t\r\n"
-_SEPCLASS = rb"[ \-._/\t\r\n]"  # SEPS as a regex class
+SEPS = b" -._/\t\r\n\\"
+_SEPCLASS = rb"[ \-._/\t\r\n\\]"  # SEPS as a regex class
 _PRE = bytes(0 if (48 <= b <= 57 or b in SEPS) else SIG[b] if chr(b).isalpha() and b < 128
              else 49 for b in range(256))
 _Z12 = b"\0" * 12
 _RUNCH = frozenset(b"0123456789" + SEPS)
-_NOT_RUNCH = re.compile(rb"[^0-9 \-._/\t\r\n]")
+_NOT_RUNCH = re.compile(rb"[^0-9 \-._/\t\r\n\\]")
 
 
 def _issued_alternation(len2: dict) -> bytes:
@@ -109,7 +109,7 @@ def _issued_alternation(len2: dict) -> bytes:
 # brand issues, or fewer than 12 digits). "s" = a run with separators inside
 # and >= 12 digits (leading separators skipped, trailing ones included).
 def _run_regex(len2: dict):
-    S, R = _SEPCLASS, rb"[0-9 \-._/\t\r\n]"
+    S, R = _SEPCLASS, rb"[0-9 \-._/\t\r\n\\]"
     return re.compile(
         S + rb"*+(?:(?P<c>" + _issued_alternation(len2) + rb")" + S + rb"*+(?!" + R + rb")"
         rb"|(?<![;Bb])[0-9]++" + S + rb"*+(?!" + R + rb")"
@@ -138,7 +138,7 @@ MAX_READ = max(19 + 18 * MAX_GAP + 2, 19 + 1 + 8)
 
 # A run's shape: digits -> "0", "." and line breaks kept (the layout rules
 # look at them), every other separator -> " ".
-_SHAPE = bytes.maketrans(b"0123456789-_/\t\r", b"0000000000    \n")
+_SHAPE = bytes.maketrans(b"0123456789-_/\t\r\\", b"0000000000    \n ")
 _BRANDS: dict = {}  # (first 8 digits, length) -> brand | None; BINs repeat
 _LAYOUTS: dict = {}  # run shape -> windows (see _layout)
 _GROUPS = re.compile(rb"0+")

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from pangate.policy import yamlpos
@@ -248,11 +249,58 @@ class Policy:
     reveals: tuple[Reveal, ...] = ()
     masking: Masking = Masking()
     method_override: str = "refuse"  # settings.method_override: the default for destinations
+    range: str = "strip"  # settings.range: Range/If-Range toward card-data destinations, stripped or refused
     monitor: MonitorConfig = MONITOR_DEFAULT  # live detectors (pangate.monitor.config)
 
     def static_key_identities(self) -> list[Identity]:
         """Identities on a static key: a declared risk, listed in every report."""
         return [i for i in self.identities.values() if i.static_key_sha256]
+
+    @cached_property
+    def identity_index(self) -> "IdentityIndex":
+        """Token claims -> identity, built once (parse_policy builds it, off the event loop)."""
+        return IdentityIndex(self)
+
+
+class IdentityIndex:
+    """Which identity a verified token proves, found without scanning every identity.
+
+    The rule is the linear one it replaces: the first identity, in policy
+    order, whose issuer matches, whose subject (for pangate tokens: its name)
+    equals the token's `sub`, and all of whose claims equal the token's. An
+    identity that pins no subject pins claims (one without either matches
+    nothing): it is found through its first claim, an equality match, so a
+    lookup reads one bucket per claim name in use, not every identity.
+    """
+
+    def __init__(self, policy: "Policy"):
+        self._by_subject: dict[tuple[str, str], list[tuple[int, Identity]]] = {}
+        self._by_claim: dict[tuple[str, str, str], list[tuple[int, Identity]]] = {}
+        self._claim_names: dict[str, list[str]] = {}  # issuer -> claim names indexed under it
+        for order, ident in enumerate(policy.identities.values()):
+            if ident.issuer is None or ident.issuer not in policy.issuers:
+                continue
+            kind = policy.issuers[ident.issuer].type
+            subject = ident.subject or (ident.name if kind == "pangate" else None)
+            if subject is not None:
+                self._by_subject.setdefault((ident.issuer, subject), []).append((order, ident))
+            elif ident.claims:
+                name, value = ident.claims[0]
+                self._by_claim.setdefault((ident.issuer, name, value), []).append((order, ident))
+                names = self._claim_names.setdefault(ident.issuer, [])
+                if name not in names:
+                    names.append(name)
+
+    def match(self, issuer: str, subject: str, claims: dict) -> Identity | None:
+        """The identity a token of `issuer` (the policy's issuer name) with these claims proves."""
+        candidates = list(self._by_subject.get((issuer, subject), ()))
+        for name in self._claim_names.get(issuer, ()):
+            candidates += self._by_claim.get((issuer, name, str(claims.get(name))), ())
+        best = None
+        for order, ident in candidates:
+            if (best is None or order < best[0]) and all(str(claims.get(k)) == v for k, v in ident.claims):
+                best = (order, ident)
+        return best[1] if best else None
 
 
 def load_policy(path: str) -> Policy:
@@ -274,7 +322,7 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         raise doc.error("version", "only version 1 is known")
     settings = doc.section("settings")
     p = Policy(path=path, digest=hashlib.sha256(text.encode()).hexdigest(),
-               masking=_masking(settings), method_override=_method_override(settings))
+               masking=_masking(settings), method_override=_method_override(settings), range=_range(settings))
     base = os.path.dirname(os.path.abspath(path)) if path != "<policy>" else os.getcwd()
     for name, s in doc.named("issuers"):
         p.issuers[name] = _issuer(name, s, base)
@@ -298,7 +346,9 @@ def parse_policy(text: str, path: str = "<policy>") -> Policy:
         if len(s.str("justification").split()) < 3:
             raise s.error("justification", "write why this identity needs to see full card numbers")
         p_reveals.append(Reveal(s.str("identity"), s.str("destination"), s.str("justification"), s.line()))
-    return Policy(**{**p.__dict__, "reveals": tuple(p_reveals), "monitor": _monitor(doc, p)})
+    policy = Policy(**{**p.__dict__, "reveals": tuple(p_reveals), "monitor": _monitor(doc, p)})
+    _ = policy.identity_index  # built with the policy: the loader's thread pays for it, not a request
+    return policy
 
 
 def _monitor(doc: Section, p: Policy) -> MonitorConfig:
@@ -307,6 +357,13 @@ def _monitor(doc: Section, p: Policy) -> MonitorConfig:
 
 
 OVERRIDE_MODES = ("refuse", "honor")
+RANGE_MODES = ("strip", "refuse")
+
+
+def _range(s: Section | None) -> str:
+    """A byte range of a card-data body is masked alone: stripped (the whole body is fetched and masked)
+    or refused."""
+    return "strip" if s is None else s.str("range", "strip", RANGE_MODES)
 
 
 def _method_override(s: Section | None) -> str:
@@ -317,7 +374,7 @@ def _method_override(s: Section | None) -> str:
 def _masking(s: Section | None) -> Masking:
     if s is None:
         return Masking()
-    s.keys({"masking", "method_override"})
+    s.keys({"masking", "method_override", "range"})
     m = s.section("masking")
     if m is None:
         return Masking()

@@ -40,7 +40,12 @@ gateway() {
   [ -f "$ETC/certs/upstream-trust.pem" ] && args+=(--set "ssl_verify_upstream_trusted_ca=$ETC/certs/upstream-trust.pem")
   # Set only when given, so an image runs with gateways that predate the option.
   [ -n "${PANGATE_HEALTH_LISTEN:-}" ] && args+=(--set "pangate_health_listen=$PANGATE_HEALTH_LISTEN")
-  [ -n "${PANGATE_REDIS_URL:-}" ] && args+=(--set "pangate_redis_url=$PANGATE_REDIS_URL")
+  [ -n "${PANGATE_STATE:-}" ] && args+=(--set "pangate_state=$PANGATE_STATE")
+  # The Redis password comes from a file (a mounted secret), never from the URL.
+  [ -n "${PANGATE_STATE_PASSWORD_FILE:-}" ] && args+=(--set "pangate_state_password_file=$PANGATE_STATE_PASSWORD_FILE")
+  [ -n "${PANGATE_PROXY_CERT:-}" ] && args+=(--set "pangate_proxy_cert=$PANGATE_PROXY_CERT")
+  [ -n "${PANGATE_REQUIRE_PROXY_TLS:-}" ] && args+=(--set "pangate_require_proxy_tls=$PANGATE_REQUIRE_PROXY_TLS")
+  args+=(--set "pangate_instance=$INSTANCE")  # named in every audit record and on the flows it holds
   exec mitmdump -s "$script" "${args[@]}" "$@"
 }
 

@@ -141,7 +141,7 @@ def test_every_flow_is_recorded_without_pans_or_tokens(gateway, upstream, mint):
 
 
 def test_undecodable_body_is_refused_not_forwarded(gateway, upstream, mint):
-    """A hook that raises (here: masking a body that claims gzip but is not) refuses the flow."""
+    """A body that claims gzip but is not cannot be masked: the flow is refused with the decoder's code."""
     def bad_gzip(handler, seen):
         return 200, b"not gzip at all " + TEST_PANS[0].encode(), "application/json", {"Content-Encoding": "gzip"}
     upstream.routes["/bad-gzip"] = bad_gzip
@@ -149,7 +149,7 @@ def test_undecodable_body_is_refused_not_forwarded(gateway, upstream, mint):
     assert r.status_code == 502
     assert TEST_PANS[0].encode() not in r.content
     doc = r.json()
-    assert doc["code"] == "internal_error" and doc["request_id"]
+    assert doc["code"] == "undecodable_body" and doc["request_id"]
     rec = gateway.records_for(doc["request_id"])[0]
     assert rec["outcome"] == "error" and rec["failed_hook"].endswith(".response")
 

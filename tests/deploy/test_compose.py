@@ -50,7 +50,7 @@ def test_gateway_wiring():
     svc = compose()["services"]
     gw = svc["gateway"]
     env = gw["environment"]
-    assert env["PANGATE_REDIS_URL"] == "redis://redis:6379/0"
+    assert env["PANGATE_STATE"] == "redis://redis:6379/0"
     assert gw["depends_on"]["redis"]["condition"] == "service_healthy"
     assert gw["depends_on"]["init"]["condition"] == "service_completed_successfully"
     assert "redis-cli" in svc["redis"]["healthcheck"]["test"]

@@ -78,8 +78,8 @@ def test_gateways_have_probes_on_the_health_port_and_redis(overlay):
             got = c[probe]["httpGet"]
             assert got["path"] == path and got["port"] in ("health", ports["health"]), (where, probe)
         # Redis: the URL names a Service of this build, on the port it serves.
-        m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/\d+", env["PANGATE_REDIS_URL"])
-        assert m, env["PANGATE_REDIS_URL"]
+        m = re.fullmatch(r"redis://([a-z0-9-]+):(\d+)/\d+", env["PANGATE_STATE"])
+        assert m, env["PANGATE_STATE"]
         svc = services[m.group(1)]
         assert int(m.group(2)) in [p["port"] for p in svc["spec"]["ports"]]
         redis_pods = [d for d in docs if d["kind"] == "Deployment"
