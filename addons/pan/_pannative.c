@@ -45,7 +45,7 @@ static unsigned char RUNCH[256], ISSEP[256], ISDIG[256], GLUE[256], HEXGLUE[256]
     KEYCH[256], AFTER_KEY[256], LOWER_DIGIT[256], UPPER[256], LOWER[256], KV_STOP[256],
     TRACK_LEAD[256], T1_NAME[256], T1_DISC[256], WS4[256];
 
-static const char SEPS[] = " -._/\t\r\n";
+static const char SEPS[] = " -._/\t\r\n\\";
 
 static void init_tables(void)
 {
@@ -686,6 +686,7 @@ static inline unsigned runch16(const unsigned char *p)
     r = _mm_or_si128(r, _mm_cmpeq_epi8(x, _mm_set1_epi8('\t')));
     r = _mm_or_si128(r, _mm_cmpeq_epi8(x, _mm_set1_epi8('\n')));
     r = _mm_or_si128(r, _mm_cmpeq_epi8(x, _mm_set1_epi8('\r')));
+    r = _mm_or_si128(r, _mm_cmpeq_epi8(x, _mm_set1_epi8('\\')));
     return (unsigned)_mm_movemask_epi8(r);
 }
 #endif

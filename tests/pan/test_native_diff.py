@@ -51,7 +51,7 @@ def same(data: bytes, configs=CONFIGS) -> None:
 
 # ---- document generator ---------------------------------------------------------------------
 PANS = [p for _b, p in valid_pans(random.Random(5))]
-SEPS = [" ", "-", ".", "_", "/", "\t", "\r", "\n", "  ", " - ", "\r\n", "..", " .", "-\n", "    "]
+SEPS = [" ", "-", ".", "_", "/", "\t", "\r", "\n", "\\", " \\ ", "  ", " - ", "\r\n", "..", " .", "-\n", "    "]
 SAD_KEYS = ["cvv", "CVV", "cvc", "cvv2", "cvc2", "cid", "CID", "csc", "securityCode", "security_code",
             "card_cvv", "cardCvv", "cardCVV", "pin", "PIN", "pinBlock", "pin_block", "track1", "track2",
             "trackData", "track_2_data", "track2Data", "spin", "shipping", "cvvv", "xcvv", "Cvv", "cardCvc",
@@ -181,7 +181,7 @@ def sad_documents(draw) -> bytes:
     return draw(st.sampled_from(["", " ", "\n", ",", "&"])).join(parts).encode()
 
 
-SOUP = st.binary(max_size=300) | st.text(alphabet="0123456789 -._/\t\r\n;=^?%B*+aZ\"':<>cvpinstrack", max_size=200
+SOUP = st.binary(max_size=300) | st.text(alphabet="0123456789 -._/\\\t\r\n;=^?%B*+aZ\"':<>cvpinstrack", max_size=200
                                          ).map(str.encode)
 
 
@@ -400,7 +400,7 @@ def test_grid_pan_windows():
     lines = []
     pans = [p for p in PANS if 12 <= len(p) <= 19][::7]
     for pan in pans:
-        for sep in (" ", "-", ".", "/", "\n", "\r\n", "..", " . ", "   ", "    "):
+        for sep in (" ", "-", ".", "/", "\\", "\n", "\r\n", "..", " . ", "   ", "    ", "\\\\"):
             for sizes in ((4,), (4, 6, 5), (1, 3), (7,), (3, 2, 5)):
                 parts, k, i = [], 0, 0
                 while k < len(pan):
