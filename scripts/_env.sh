@@ -27,7 +27,7 @@ ensure_venv() {
     "$(find_python)" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip > /dev/null
   fi
-  want="$(cat setup.cfg pyproject.toml | sha256sum | cut -c1-16)${extras}"
+  want="$(cat setup.cfg setup.py pyproject.toml addons/pan/_pannative.c 2>/dev/null | sha256sum | cut -c1-16)${extras}"
   stamp=.venv/.pangate-installed
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! .venv/bin/python -c 'import pangate' 2>/dev/null; then
     # pip's build chatter goes to a log; it is shown only if the install fails.

@@ -48,8 +48,17 @@ def table(res: dict) -> str:
                    f"(target <= {ADDED_P99_MS:g} ms: {'met' if added <= ADDED_P99_MS else 'MISSED'})")
     if "pan_engine" in res:
         pe = res["pan_engine"]
-        out.append("PAN engine (scripts/bench_pan.py, one core): " +
-                   ", ".join(f"{k} {v['mb_per_s']:.0f} MB/s" for k, v in pe.items()))
+        if "sparse" in pe:  # results of the single-engine bench_pan.py
+            pe = {"python": pe}
+        for eng, per in pe.items():
+            if eng == "cli":
+                out.append("`pangate mask` whole process vs a plain Python regex+Luhn masker (CPU s): " + ", ".join(
+                    f"{k} {v['mb']} MB " + ", ".join(f"x{v[s]}" + s[len("speedup"):].replace("_", " ")
+                                                   for s in v if s.startswith("speedup_"))
+                    for k, v in per.items()))
+                continue
+            out.append(f"PAN engine {eng} (scripts/bench_pan.py, one core): " +
+                       ", ".join(f"{k} {v['mb_per_s']:.0f} MB/s" for k, v in per.items()))
     lw = res.get("loopwatch")
     if lw:
         for variant, per in lw.items():

@@ -300,7 +300,7 @@ def main() -> int:
         if "pan" not in skip:
             print("PAN engine micro-benchmark ...", flush=True)
             p = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_pan.py"), "--json", "--mb", "10",
-                                "--repeat", "2"], capture_output=True, text=True, timeout=300)
+                                "--repeat", "2", "--cli-mb", "20"], capture_output=True, text=True, timeout=600)
             results["pan_engine"] = json.loads(p.stdout.strip().splitlines()[-1])["results"]
             phase("pan_engine")
         if "loopwatch" not in skip:

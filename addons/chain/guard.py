@@ -10,6 +10,7 @@ from pangate.chain import failsafe
 from pangate.chain.context import FlowContext, is_refused, refuse, request_id
 from pangate.chain.failsafe import FLOW_HOOKS, Component
 from pangate.chain.wire import stop_messages
+from pangate.pan import engine as pan_engine
 from pangate.sinks import output
 
 log = logging.getLogger("pangate")
@@ -61,6 +62,8 @@ class Guard(Component):
     def running(self):
         failsafe.STATE.live = True
         log.info("pangate gateway live: %s", ", ".join(type(c).__name__ for c in self.components))
+        # Which PAN engine masks (native C or the Python reference), and why: one line.
+        log.info("pangate PAN engine: %s", pan_engine.ENGINE_DETAIL)
 
     def done(self):
         failsafe.STATE.live = False

@@ -8,6 +8,15 @@ URLs, the factory every caller builds its masker with (masker_from), and the
 small helpers the addons use (find_pans, contains_pan, ...). views.py checks
 the decoded views of a body (charsets, escapes) with the same Masker.
 
+Two engines implement Masker.mask and the scan: this Python one, the
+reference, and a native one (native.py loads _pannative.c, a C transcription
+of the same rules handed the same tables), byte-identical by test
+(tests/pan/test_native_diff.py). ENGINE says which one this process uses
+("native" or "python") and ENGINE_DETAIL why; PANGATE_ENGINE=auto (default),
+native or python chooses (native.py). A native call that raises is logged and
+the call is redone by the Python engine, so a failure never passes data
+unmasked.
+
 Everything masks in place with the same byte length, which is what lets the
 StreamMasker emit output as soon as it is sure nothing can still change it.
 
@@ -57,11 +66,11 @@ _MAX_PENDING (64 KiB), which is cut anyway so memory stays bounded.
 
 from __future__ import annotations
 
-import hashlib
-import hmac as _hmac
 import os
 import re
 from dataclasses import dataclass
+
+from pangate.pan import native as _native
 
 from pangate.pan.iin import lookup as _lookup
 from pangate.pan.kinds import PAN_KINDS
@@ -69,7 +78,7 @@ from pangate.pan.sad import MAX_READ as _SAD_READ, SAD_NAMES  # noqa: F401  (SAD
 from pangate.pan.scan import MAX_READ as _PAN_READ, Scanner, has_run as _has_run, luhn as _luhn
 
 __all__ = [
-    "Masker", "StreamMasker", "PanMatch", "find_pans", "contains_pan",
+    "ENGINE", "ENGINE_DETAIL", "Masker", "StreamMasker", "PanMatch", "find_pans", "contains_pan",
     "url_contains_pan", "url_view", "luhn_ok", "brand_of", "MODES", "masker_from",
 ]
 
@@ -86,6 +95,15 @@ _CTX = 64
 _LOOKAHEAD = 256
 assert _LOOKAHEAD >= max(_PAN_READ, _SAD_READ)
 _MAX_PENDING = 1 << 16
+
+
+def _native_failed(exc: BaseException) -> None:
+    # The message names the exception only: never the data being masked. (logging,
+    # like hashlib below, is imported when needed: `pangate mask` pays for its imports.)
+    import logging
+    logging.getLogger("pangate.pan").error(
+        "pangate PAN engine: a native call failed (%s: %s); masked with the Python engine instead",
+        type(exc).__name__, exc)
 
 
 def masker_from(mode: str = "bin6last4", hmac_key_env: str | None = None, environ=None, *,
@@ -152,7 +170,7 @@ class Masker:
     """
 
     def __init__(self, mode: str = "bin6last4", hmac_key: bytes | None = None, sad: bool = True,
-                 strict_brand: bool = False):
+                 strict_brand: bool = False, engine: str | None = None):
         if mode not in MODES:
             raise ValueError(f"unknown mask mode {mode!r}; expected one of {MODES}")
         if mode == "hmac" and (not hmac_key or len(hmac_key) < 16):
@@ -161,12 +179,33 @@ class Masker:
         self.sad = sad
         self._key = bytes(hmac_key) if hmac_key else None
         self.strict_brand = strict_brand
-        self._scan = Scanner(mode == "bin6last4", sad, strict_brand=strict_brand).scan
+        self._pyscan = Scanner(mode == "bin6last4", sad, strict_brand=strict_brand).scan
+        # engine: None = the process's choice (ENGINE); "python" / "native" for
+        # one masker (the differential tests run both side by side).
+        want = ENGINE if engine is None else engine
+        if want not in ("native", "python"):
+            raise ValueError(f"unknown PAN engine {engine!r}; expected native or python")
+        self._native = None
+        if want == "native" and mode == "hmac" and engine is None:
+            why = _native.hmac_self_check(_reference)
+            if why:  # the process chose native: this masker falls back, and says so
+                _native_failed(RuntimeError(why))
+                want = "python"
+        if want == "native":
+            self._native = _native.engine_for(bin6=mode == "bin6last4", sad_=sad, strict_brand=strict_brand,
+                                              hmac_key=self._key if mode == "hmac" else None)
+        self.engine = want
 
     # ---- public API -------------------------------------------------
     def mask(self, data: bytes) -> tuple[bytes, int]:
         data = bytes(data) if not isinstance(data, bytes) else data
-        finds = self._scan(data, 0, len(data))
+        nat = self._native
+        if nat is not None:
+            try:
+                return nat.mask(data, 0, len(data))
+            except Exception as e:
+                _native_failed(e)
+        finds = self._pyscan(data, 0, len(data))
         return self._apply(data, 0, len(data), finds)
 
     def mask_text(self, text: str) -> tuple[str, int]:
@@ -196,6 +235,16 @@ class Masker:
         return StreamMasker(self, on_pan)
 
     # ---- engine -----------------------------------------------------
+    def _scan(self, buf: bytes, base: int, stop: int) -> list[tuple]:
+        """Findings with base <= start < stop (scan.Scanner.scan), from the engine in use."""
+        nat = self._native
+        if nat is not None:
+            try:
+                return nat.scan(buf, base, stop)
+            except Exception as e:
+                _native_failed(e)
+        return self._pyscan(buf, base, stop)
+
     def _apply(self, buf: bytes, base: int, c: int, finds) -> tuple[bytes, int]:
         """Mask buf[base:c] with findings (all inside it); returns (bytes, count).
 
@@ -238,6 +287,8 @@ class Masker:
         return bytes(out)
 
     def _token(self, span: bytes, digits: bytes) -> bytes:
+        import hashlib
+        import hmac as _hmac
         num = int.from_bytes(_hmac.new(self._key, b"pangate-pan-v1:" + digits,
                                        hashlib.sha256).digest(), "big")
         out = bytearray(span)
@@ -300,6 +351,24 @@ class StreamMasker:
         if limit <= base:
             self._buf = buf
             return b""
+        nat = self._m._native
+        if nat is not None and self._on_pan is None:
+            # The same round in one native call: scan, cut, mask. False: the cut
+            # had to be forced (see _MAX_PENDING), done below as the reference does.
+            try:
+                r = nat.stream_round(buf, base, limit, _MAX_PENDING)
+            except Exception as e:
+                _native_failed(e)
+                r = False
+            if r is None:
+                self._buf = buf
+                return b""
+            if r is not False:
+                out, n, c = r
+                self.count += n
+                keep = max(0, c - _CTX)
+                self._buf, self._base = buf[keep:], c - keep
+                return out
         finds = self._m._scan(buf, base, limit)
         c = limit
         for f in reversed(finds):  # sorted by start: one pass moves c out of all
@@ -320,6 +389,15 @@ class StreamMasker:
 
     def flush(self) -> bytes:
         buf, base = self._buf, self._base
+        nat = self._m._native
+        if nat is not None and self._on_pan is None:
+            try:
+                out, n = nat.mask(buf, base, len(buf))
+                self.count += n
+                self._buf, self._base = b"", 0
+                return out
+            except Exception as e:
+                _native_failed(e)
         finds = self._m._scan(buf, base, len(buf))
         out, n = self._m._apply(buf, base, len(buf), finds)
         self.count += n
@@ -353,6 +431,13 @@ def _url_view(url: str) -> bytes:
     return u.replace("+", " ").encode("latin-1")
 
 
+# ---- which engine ---------------------------------------------------------
+def _reference(mode: str, key: bytes | None) -> Masker:
+    return Masker(mode, key, engine="python")
+
+
+ENGINE, ENGINE_DETAIL = _native.choose(_reference)
+
 _DEFAULT = Masker()
 _PLAIN = Masker(sad=False)
 
@@ -373,9 +458,15 @@ def contains_pan(data: bytes) -> bool:
     """Fast yes/no for outbound DLP (PANs only, SAD not considered)."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
+    nat = _PLAIN._native
+    if nat is not None:
+        try:
+            return nat.has_pan(data)
+        except Exception as e:
+            _native_failed(e)
     if not _has_run(data):
         return False
-    return any(f[4] in PAN_KINDS for f in _PLAIN._scan(data, 0, len(data)))
+    return any(f[4] in PAN_KINDS for f in _PLAIN._pyscan(data, 0, len(data)))
 
 
 def url_contains_pan(url: str) -> bool:
