@@ -62,6 +62,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from pangate.common.loopfutures import settle
 from pangate.audit.keys import key_id, public_raw
 from pangate.common.files import write_atomic
 from pangate.sinks.scrubber import SinkScrubber, default as default_scrubber, generated_id
@@ -686,7 +687,7 @@ class AuditWriter:
                 self._durable_cv.notify_all()
                 waiters, self._async_waiters = self._async_waiters, []
             for _, _, loop, fut in waiters:
-                _resolve(loop, fut, False)
+                settle(loop, fut, False)
             if self._fd is not None:
                 self._close_fd()
 
@@ -817,7 +818,7 @@ class AuditWriter:
             while self._async_waiters and self._async_waiters[0][0] <= seq:
                 done.append(heapq.heappop(self._async_waiters))
         for _, _, loop, fut in done:
-            _resolve(loop, fut, True)
+            settle(loop, fut, True)
 
     def _apply_retention(self, current: str) -> None:
         """On opening a new file: delete whole files older than retention_days (a
@@ -913,13 +914,4 @@ class AuditWriter:
             except Exception:
                 log.exception("audit on_state_change callback failed")
 
-
-def _resolve(loop, fut, value: bool) -> None:
-    def _set():
-        if not fut.done():
-            fut.set_result(value)
-    try:
-        loop.call_soon_threadsafe(_set)
-    except RuntimeError:  # loop already closed: nobody is waiting any more
-        pass
 

@@ -29,6 +29,7 @@ from collections import deque
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.io import tnetstring
 
+from pangate.common.loopfutures import settle
 from pangate.common import events
 from pangate.audit.addon import SECRET_PARAM
 from pangate.audit.keys import load_or_create_signing_key, sign_file
@@ -392,7 +393,7 @@ class RecordingFiles:
             if len(self._lost) > 4096:  # only numbers someone may still ask about are kept
                 self._lost = {s for s in self._lost if s > self._done - 4096}
         for loop, fut, ok in ready:
-            _resolve(loop, fut, ok)
+            settle(loop, fut, ok)
 
     def _report_drops(self, final: bool = False) -> None:
         with self._cv:
@@ -542,15 +543,6 @@ def scan_flows(path: str) -> tuple[int, int, bool]:
             good = end
     return good, size, True
 
-
-def _resolve(loop, fut, value: bool) -> None:
-    def _set():
-        if not fut.done():
-            fut.set_result(value)
-    try:
-        loop.call_soon_threadsafe(_set)
-    except RuntimeError:  # loop already closed: nobody is waiting any more
-        pass
 
 
 class Recorder(Component):
