@@ -100,7 +100,7 @@ def verify_cmd(args) -> int:
     if progress is not None:
         progress.end()
     print(rep.summary())
-    if rep.kind == "truncated" and not live and rep.records:
+    if getattr(rep, "kind", None) == "truncated" and not live and getattr(rep, "records", 0):  # one chain only
         print("no running gateway is writing this log (none holds it: the last one stopped without its "
               "closing checkpoint, or records were removed from the end); if a gateway elsewhere writes it, "
               "use --live", file=sys.stderr)

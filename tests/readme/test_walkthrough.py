@@ -55,7 +55,8 @@ class Run:
 def clone(tmp_path_factory):
     """A checkout as a new user has it: the tracked files, no certs or var yet."""
     d = tmp_path_factory.mktemp("checkout")
-    for name in ("scripts", "addons", "README.md", "setup.cfg", "pyproject.toml", ".venv"):
+    # Everything ensure_venv hashes is shared too, so scripts/run finds the suite's install current.
+    for name in ("scripts", "addons", "README.md", "setup.cfg", "setup.py", "pyproject.toml", ".venv"):
         os.symlink(ROOT / name, d / name)
     (d / "certs").mkdir()
     demo_port = free_port()
