@@ -237,7 +237,13 @@ class RedisStore(Store):
 
     async def _call(self, coro_fn: Callable[[], Awaitable]):
         try:
-            return await asyncio.wait_for(coro_fn(), TIMEOUT * 2)
+            try:
+                return await asyncio.wait_for(coro_fn(), TIMEOUT * 2)
+            except self._errors:
+                # A pooled connection that a restarted server closed fails on its first use and
+                # is dropped; the next one is fresh. One more try keeps a recovery from
+                # refusing the first requests after the ping that declared it.
+                return await asyncio.wait_for(coro_fn(), TIMEOUT * 2)
         except (TimeoutError, *self._errors) as e:
             err = _unavailable(e)
             if self._on_failure:
