@@ -4,7 +4,7 @@ One stack, requests, configured one way:
 
 - TLS is always verified: against the given CA file, else the system roots
   (the OpenSSL default paths, so SSL_CERT_FILE/SSL_CERT_DIR still apply, as
-  they did for the ssl module); `verify=False` is refused.
+  they did for the ssl module); a request that turns verification off is refused.
 - Nothing else is taken from the environment (trust_env off): no proxy (these
   calls go straight to their destination, never through a proxy that could be
   the gateway itself), no REQUESTS_CA_BUNDLE, no .netrc credentials.
