@@ -65,6 +65,33 @@ def echo_forms(value: str, basic_user: str | None = None) -> tuple[str, ...]:
     return tuple(sorted((f for f in forms if len(f) >= MIN_FORM), key=len, reverse=True))
 
 
+class _Probe:
+    """Whether any of a set of lower-cased forms occurs in a lower-cased value: a necessary
+    condition for the redactor's regex to match, at a fraction of its cost.
+
+    A short value (most header names and values) is tested by its MIN_FORM-long windows
+    against the forms' first MIN_FORM characters: a form found at i starts with the window at
+    i. A long one is searched for each form, after dropping the forms that contain another
+    (finding the contained one is necessary for both)."""
+
+    SHORT = 256
+
+    def __init__(self, forms):
+        forms = sorted(set(forms), key=len)
+        self.heads = frozenset(f[:MIN_FORM] for f in forms)
+        kept: list = []
+        for f in forms:  # shortest first: a form is dropped when a kept one lies inside it
+            if not any(k in f for k in kept):
+                kept.append(f)
+        self.needles = tuple(kept)
+
+    def found_in(self, low) -> bool:
+        if len(low) <= self.SHORT:
+            heads = self.heads
+            return any(low[i:i + MIN_FORM] in heads for i in range(len(low) - MIN_FORM + 1))
+        return any(f in low for f in self.needles)
+
+
 class Redactor:
     """Replaces every form of the registered secrets with stars of the same length.
 
@@ -82,17 +109,34 @@ class Redactor:
             self._data = re.compile(alt.encode(), re.IGNORECASE)
         else:
             self._text = self._data = None
+        # A first look before the regex, which is slow (IGNORECASE alternation: hundreds of
+        # microseconds per KB) and runs on every string a recording stores. ASCII-lowered
+        # substring tests find exactly what the regex can match in ASCII text and in bytes
+        # (bytes IGNORECASE folds ASCII only). Unicode folding (`ſ` matches `s`, `K` matches
+        # `k`) is left to the regex: non-ASCII text, or a non-ASCII form, always takes it.
+        self._probe_text = _Probe({f.lower() for f in self.forms}) if all(map(str.isascii, self.forms)) else None
+        self._probe_data = _Probe({f.encode().lower() for f in self.forms})
 
     def __bool__(self) -> bool:
         return bool(self.forms)
 
+    def may_match_text(self, value: str) -> bool:
+        """False only when text() would return value unchanged (a cheap test)."""
+        if self._probe_text is None or not value.isascii():
+            return self._text is not None
+        return self._probe_text.found_in(value.lower())
+
+    def may_match_data(self, value: bytes) -> bool:
+        """False only when data() would return value unchanged (a cheap test)."""
+        return self._probe_data.found_in(value.lower())
+
     def text(self, value: str) -> str:
-        if self._text is None or not value:
+        if self._text is None or not value or not self.may_match_text(value):
             return value
         return self._text.sub(lambda m: STARS * len(m.group()), value)
 
     def data(self, value: bytes) -> bytes:
-        if self._data is None or not value:
+        if self._data is None or not value or not self.may_match_data(value):
             return value
         return self._data.sub(lambda m: b"*" * len(m.group()), value)
 

@@ -27,6 +27,7 @@ import time
 from collections import deque
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.flow import Flow
 from mitmproxy.io import tnetstring
 
 from pangate.common.loopfutures import settle
@@ -54,6 +55,7 @@ WAIT_SECONDS = 5.0  # longest a response waits for its recording before it is wi
 # (on the writer thread). A body past this is not stored.
 MAX_SEALED_BODY = 64 << 20
 _SEAL_LIMITS = Limits(max_bytes=MAX_SEALED_BODY)
+CERT_VERDICTS = 1024  # certificates whose verdict is remembered (then forgotten all at once)
 
 
 class Scrubber:
@@ -65,6 +67,7 @@ class Scrubber:
         self.drop = DROP_HEADERS | {h.lower() for h in header_names}
         self.query_names = {q.lower() for q in query_names}
         self.redactor = Redactor(f for s in self.secrets for f in echo_forms(s))  # for the second wall
+        self.clean_certs: dict = {}  # StateSeal's certificate verdicts under these secrets
 
     def text(self, value: str) -> str:
         for s in self.secrets:
@@ -137,9 +140,14 @@ class StateSeal:
     change (an SNI with a card number, say, in mitmproxy's generated certificate) is dropped.
     """
 
-    def __init__(self, sink: SinkScrubber | None = None, redactor: Redactor | None = None):
+    def __init__(self, sink: SinkScrubber | None = None, redactor: Redactor | None = None,
+                 certs: dict | None = None):
         self.sink = sink or sink_scrubber()
         self.redactor = redactor or Redactor()
+        # Verdicts on certificates already checked, shared by the seals of one Scrubber (one
+        # policy's secrets): every flow of a connection, and every connection to one upstream,
+        # carries the same certificates, and checking one costs more than the rest of a small flow.
+        self.certs = certs if certs is not None else {}
 
     def text(self, value: str) -> str:
         return self.sink.text(self.redactor.text(value))
@@ -200,6 +208,16 @@ class StateSeal:
     def _cert_clean(self, pem) -> bool:
         if not isinstance(pem, (str, bytes)):
             return False
+        key = (self.sink.secrets.generation, pem)
+        verdict = self.certs.get(key)
+        if verdict is None:
+            verdict = self._check_cert(pem)
+            if len(self.certs) >= CERT_VERDICTS:
+                self.certs.clear()
+            self.certs[key] = verdict
+        return verdict
+
+    def _check_cert(self, pem) -> bool:
         text = pem.decode("latin-1") if isinstance(pem, bytes) else pem
         try:
             der = base64.b64decode("".join(ln for ln in text.splitlines() if not ln.startswith("-----")))
@@ -210,7 +228,8 @@ class StateSeal:
 
 def serialize(flow, scrubber: "Scrubber") -> dict:
     """What is stored of a flow: the scrubbed copy, serialized, then sealed."""
-    return StateSeal(redactor=scrubber.redactor).state(scrubber.flow(flow, copy=False).get_state())
+    return StateSeal(redactor=scrubber.redactor, certs=scrubber.clean_certs).state(
+        scrubber.flow(flow, copy=False).get_state())
 
 
 class RecordingFiles:
@@ -288,7 +307,8 @@ class RecordingFiles:
     # -- producer side (event loop) -----------------------------------------------------
 
     def put(self, item, refused: bool = False) -> int | None:
-        """Queue (flow, scrubber); its number, or None if it was counted as dropped instead."""
+        """Queue (flow or its get_state() snapshot, scrubber); its number, or None if it was counted
+        as dropped instead."""
         with self._cv:
             if self._stopping or len(self._items) >= self.max_queue or (refused and self.failure is not None):
                 self.dropped += 1
@@ -338,11 +358,14 @@ class RecordingFiles:
             batch, stop = self._take()
             pending = []
             for seq, (flow, scrubber) in batch:
-                state = self._scrub(flow, scrubber)
-                if state is None:
-                    self._finish(seq, lost=True)
-                else:
-                    pending.append((seq, state))
+                if isinstance(flow, dict):  # a snapshot (Recorder._save)
+                    try:
+                        flow = Flow.from_state(flow)
+                    except Exception as e:  # nothing to scrub, so nothing stored
+                        log.error("pangate recording: a flow snapshot could not be read: %s", type(e).__name__)
+                        flow = None
+                # None: lost, settled in its turn (the flows queued before it are not written yet)
+                pending.append((seq, None if flow is None else self._scrub(flow, scrubber)))
             while True:
                 try:
                     self._write(pending)
@@ -447,6 +470,10 @@ class RecordingFiles:
             if self._fo is None:
                 self._open()
             seq, state = pending[0]
+            if state is None:
+                pending.pop(0)
+                self._finish(seq, lost=True)
+                continue
             tnetstring.dump(state, self._fo)  # as mitmproxy's FlowWriter.add writes get_state()
             self._fo.flush()
             self._good = self._fo.tell()
@@ -638,8 +665,10 @@ class Recorder(Component):
         if self.files is None or fc.recording_saved:
             return None
         fc.recording_saved = True
-        # Scrubbed on the writer thread: masking a copy must not stall the event loop.
-        return self.files.put((flow.copy(), self.scrubber()), refused=fc.refused is not None)
+        # Scrubbed on the writer thread: masking a copy must not stall the event loop. The loop
+        # only takes the flow's state (a deep snapshot, as FlowWriter would read it); the writer
+        # rebuilds the flow from it -- half of what flow.copy() costs on the loop.
+        return self.files.put((flow.get_state(), self.scrubber()), refused=fc.refused is not None)
 
     def http_connect(self, flow):
         if flow.response is not None and flow.response.status_code >= 300:
