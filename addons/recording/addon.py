@@ -55,7 +55,8 @@ WAIT_SECONDS = 5.0  # longest a response waits for its recording before it is wi
 # (on the writer thread). A body past this is not stored.
 MAX_SEALED_BODY = 64 << 20
 _SEAL_LIMITS = Limits(max_bytes=MAX_SEALED_BODY)
-CERT_VERDICTS = 1024  # certificates whose verdict is remembered (then forgotten all at once)
+SEAL_MEMO_LEN = 256  # values up to this long are remembered once found clean
+SEAL_MEMO_MAX = 4096  # values (and certificates) remembered, then forgotten all at once
 
 
 class Scrubber:
@@ -67,7 +68,7 @@ class Scrubber:
         self.drop = DROP_HEADERS | {h.lower() for h in header_names}
         self.query_names = {q.lower() for q in query_names}
         self.redactor = Redactor(f for s in self.secrets for f in echo_forms(s))  # for the second wall
-        self.clean_certs: dict = {}  # StateSeal's certificate verdicts under these secrets
+        self.seal_memo = SealMemo()  # what StateSeals found clean under these secrets
 
     def text(self, value: str) -> str:
         for s in self.secrets:
@@ -102,19 +103,24 @@ class Scrubber:
 
             rewrite_body(msg, masked, _withhold)
 
-    def flow(self, flow: http.HTTPFlow, copy: bool = True) -> http.HTTPFlow:
-        f = flow.copy() if copy else flow
-        f.metadata = {KEY: dict(FlowContext.of(flow).data)}  # other addons' notes are not vetted: dropped
-        req = f.request
+    def request(self, req: http.Request) -> None:
         for name in list(req.query.keys()):
             if name.lower() in self.query_names or SECRET_PARAM.search(name):
                 req.query[name] = "[redacted]"
         req.path = self.text(self.masker.mask_url(req.path)[0])
         req.authority = self.text(req.authority)
         self.message(req)
+
+    def response(self, resp: http.Response, body_masked: bool) -> None:
+        self.message(resp, body_masked=body_masked)
+        resp.reason = self.text(resp.reason)
+
+    def flow(self, flow: http.HTTPFlow, copy: bool = True) -> http.HTTPFlow:
+        f = flow.copy() if copy else flow
+        f.metadata = {KEY: dict(FlowContext.of(flow).data)}  # other addons' notes are not vetted: dropped
+        self.request(f.request)
         if f.response is not None:
-            self.message(f.response, body_masked=bool(FlowContext.of(f).response_masked))
-            f.response.reason = self.text(f.response.reason)
+            self.response(f.response, bool(FlowContext.of(f).response_masked))
         if f.websocket is not None:
             for m in f.websocket.messages:
                 m.content = self.data(m.content)
@@ -124,10 +130,54 @@ class Scrubber:
             f.comment = self.text(f.comment)
         return f
 
+    def state(self, state: dict) -> dict:
+        """flow(), on a flow's get_state() snapshot: the same scrub, and only the messages are
+        rebuilt as objects. Rebuilding the whole flow would parse its connections' certificates
+        again (most of what a small flow costs); connections are the StateSeal's to check."""
+        if state.get("type") != "http":
+            return self.flow(Flow.from_state(state), copy=False).get_state()
+        out = dict(state)
+        notes = dict((state.get("metadata") or {}).get(KEY) or {})
+        out["metadata"] = {KEY: notes}  # other addons' notes are not vetted: dropped
+        req = http.Request.from_state(state["request"])
+        self.request(req)
+        out["request"] = req.get_state()
+        if state.get("response") is not None:
+            resp = http.Response.from_state(state["response"])
+            self.response(resp, bool(FlowContext(notes).response_masked))
+            out["response"] = resp.get_state()
+        if state.get("websocket") is not None:
+            ws = dict(state["websocket"])
+            ws["messages"] = [(m[0], m[1], self.data(m[2]), *m[3:]) for m in ws.get("messages") or ()]
+            out["websocket"] = ws
+        if state.get("error") is not None:
+            out["error"] = dict(state["error"], msg=self.text(state["error"]["msg"]))
+        if state.get("comment"):
+            out["comment"] = self.text(state["comment"])
+        return out
+
 
 def _withhold(msg) -> None:
     msg.headers.pop("content-encoding", None)
     msg.content = WITHHELD
+
+
+class SealMemo:
+    """What StateSeals found clean under one Scrubber's secrets: short values (header names and
+    values, hosts, ids repeat from flow to flow) and certificate verdicts (every flow of a
+    connection, and every connection to one upstream, carries the same certificates, and
+    checking one costs more than the rest of a small flow). Forgotten when the sink's secrets
+    change; shared by the writer thread's seals only."""
+
+    def __init__(self):
+        self.generation = None
+        self.values: set = set()
+        self.certs: dict = {}
+
+    def under(self, generation) -> "SealMemo":
+        if generation != self.generation:
+            self.generation, self.values, self.certs = generation, set(), {}
+        return self
 
 
 class StateSeal:
@@ -141,19 +191,31 @@ class StateSeal:
     """
 
     def __init__(self, sink: SinkScrubber | None = None, redactor: Redactor | None = None,
-                 certs: dict | None = None):
+                 memo: "SealMemo | None" = None):
         self.sink = sink or sink_scrubber()
         self.redactor = redactor or Redactor()
-        # Verdicts on certificates already checked, shared by the seals of one Scrubber (one
-        # policy's secrets): every flow of a connection, and every connection to one upstream,
-        # carries the same certificates, and checking one costs more than the rest of a small flow.
-        self.certs = certs if certs is not None else {}
+        memo = (memo or SealMemo()).under(self.sink.secrets.generation)
+        self.clean, self.certs = memo.values, memo.certs
 
     def text(self, value: str) -> str:
-        return self.sink.text(self.redactor.text(value))
+        if value in self.clean:
+            return value
+        out = self.sink.text(self.redactor.text(value))
+        self._remember(value, out)
+        return out
 
     def data(self, value: bytes) -> bytes:
-        return self.sink.data(self.redactor.data(value))
+        if value in self.clean:
+            return value
+        out = self.sink.data(self.redactor.data(value))
+        self._remember(value, out)
+        return out
+
+    def _remember(self, value, out) -> None:
+        if out == value and len(value) <= SEAL_MEMO_LEN:
+            if len(self.clean) >= SEAL_MEMO_MAX:
+                self.clean.clear()
+            self.clean.add(value)
 
     def state(self, state: dict) -> dict:
         return self._walk(state, None)
@@ -208,13 +270,12 @@ class StateSeal:
     def _cert_clean(self, pem) -> bool:
         if not isinstance(pem, (str, bytes)):
             return False
-        key = (self.sink.secrets.generation, pem)
-        verdict = self.certs.get(key)
+        verdict = self.certs.get(pem)
         if verdict is None:
             verdict = self._check_cert(pem)
-            if len(self.certs) >= CERT_VERDICTS:
+            if len(self.certs) >= SEAL_MEMO_MAX:
                 self.certs.clear()
-            self.certs[key] = verdict
+            self.certs[pem] = verdict
         return verdict
 
     def _check_cert(self, pem) -> bool:
@@ -227,9 +288,10 @@ class StateSeal:
 
 
 def serialize(flow, scrubber: "Scrubber") -> dict:
-    """What is stored of a flow: the scrubbed copy, serialized, then sealed."""
-    return StateSeal(redactor=scrubber.redactor, certs=scrubber.clean_certs).state(
-        scrubber.flow(flow, copy=False).get_state())
+    """What is stored of a flow (the flow, or its get_state() snapshot): the scrubbed copy,
+    serialized, then sealed."""
+    state = scrubber.state(flow) if isinstance(flow, dict) else scrubber.flow(flow, copy=False).get_state()
+    return StateSeal(redactor=scrubber.redactor, memo=scrubber.seal_memo).state(state)
 
 
 class RecordingFiles:
@@ -358,14 +420,8 @@ class RecordingFiles:
             batch, stop = self._take()
             pending = []
             for seq, (flow, scrubber) in batch:
-                if isinstance(flow, dict):  # a snapshot (Recorder._save)
-                    try:
-                        flow = Flow.from_state(flow)
-                    except Exception as e:  # nothing to scrub, so nothing stored
-                        log.error("pangate recording: a flow snapshot could not be read: %s", type(e).__name__)
-                        flow = None
                 # None: lost, settled in its turn (the flows queued before it are not written yet)
-                pending.append((seq, None if flow is None else self._scrub(flow, scrubber)))
+                pending.append((seq, self._scrub(flow, scrubber)))
             while True:
                 try:
                     self._write(pending)
@@ -442,6 +498,9 @@ class RecordingFiles:
             return serialize(flow, scrubber)
         except Exception as e:  # never store what could not be scrubbed: keep a bare stub instead
             log.error("pangate recording: a flow could not be scrubbed; only a stub is kept:\n%s", safe_traceback(e))
+        try:
+            if isinstance(flow, dict):  # a snapshot (Recorder._save)
+                flow = Flow.from_state(flow)
             for msg in (flow.request, flow.response):
                 if msg is not None:
                     msg.headers.clear()
@@ -455,11 +514,10 @@ class RecordingFiles:
                 flow.error.msg = "[withheld]"
             flow.comment = ""
             flow.metadata = {}
-            try:
-                return StateSeal().state(flow.get_state())
-            except Exception as e2:
-                log.error("pangate recording: not even a stub of a flow could be kept: %s", type(e2).__name__)
-                return None
+            return StateSeal().state(flow.get_state())
+        except Exception as e2:
+            log.error("pangate recording: not even a stub of a flow could be kept: %s", type(e2).__name__)
+            return None
 
     def _write(self, pending: list) -> None:
         if self._to_sign:  # a rotation whose signature failed: signed before anything new
