@@ -75,9 +75,11 @@ class _Probe:
     (finding the contained one is necessary for both)."""
 
     SHORT = 256
+    KEPT = 4096  # short values remembered as holding no form (header values repeat), then forgotten
 
     def __init__(self, forms):
         forms = sorted(set(forms), key=len)
+        self.misses: set = set()
         self.heads = frozenset(f[:MIN_FORM] for f in forms)
         kept: list = []
         for f in forms:  # shortest first: a form is dropped when a kept one lies inside it
@@ -86,10 +88,17 @@ class _Probe:
         self.needles = tuple(kept)
 
     def found_in(self, low) -> bool:
-        if len(low) <= self.SHORT:
-            heads = self.heads
-            return any(low[i:i + MIN_FORM] in heads for i in range(len(low) - MIN_FORM + 1))
-        return any(f in low for f in self.needles)
+        if len(low) > self.SHORT:
+            return any(f in low for f in self.needles)
+        if low in self.misses:
+            return False
+        heads = self.heads
+        if any(low[i:i + MIN_FORM] in heads for i in range(len(low) - MIN_FORM + 1)):
+            return True
+        if len(self.misses) >= self.KEPT:
+            self.misses.clear()
+        self.misses.add(low)
+        return False
 
 
 class Redactor:

@@ -433,6 +433,15 @@ def needs_views(data: bytes, content_type: str = "") -> bool:
     return "x-www-form-urlencoded" in (content_type or "").lower() and b"+" in data
 
 
+def raw_view_suffices(parts) -> bool:
+    """True when none of these byte strings (header names and values, read without a
+    Content-Type) needs a view beyond its raw bytes: mask_views(part, "", m) is then
+    m.mask(part) for each. Tested once over all of them joined: an escape, a NUL or a
+    non-ASCII byte in any part is in the whole (the joint can only add false alarms)."""
+    blob = b"\n".join(parts)
+    return blob.isascii() and b"\0" not in blob and not _escapes_in(blob)
+
+
 def _text_layers(data: bytes, content_type: str):
     """([layer-0 text views], undecodable code, detail)."""
     layers, code, detail = [], None, ""

@@ -38,6 +38,7 @@ from pangate.credentials.addon import CLIENT_CREDENTIAL_HEADERS
 from pangate.chain.context import KEY, FlowContext, refuse
 from pangate.chain.failsafe import FLOW_HOOKS, Component, safe_traceback
 from pangate.chain.scrub import rewrite_body, rewrite_headers
+from pangate.chain.snapshot import Snapshots
 from pangate.credentials.forms import Redactor, echo_forms
 from pangate.masking.decoders import Limits, decode
 from pangate.pan.engine import Masker
@@ -644,6 +645,7 @@ class Recorder(Component):
         self._loop = None
         self._failed = False
         self._scrubber: tuple = (None, None, None)  # (policy, secrets, Scrubber): rebuilt when either changes
+        self._snapshots = Snapshots()  # flow states for the writer, connections remembered
 
     def load(self, loader):
         seal_flow_writers()
@@ -724,9 +726,8 @@ class Recorder(Component):
             return None
         fc.recording_saved = True
         # Scrubbed on the writer thread: masking a copy must not stall the event loop. The loop
-        # only takes the flow's state (a deep snapshot, as FlowWriter would read it); the writer
-        # rebuilds the flow from it -- half of what flow.copy() costs on the loop.
-        return self.files.put((flow.get_state(), self.scrubber()), refused=fc.refused is not None)
+        # only takes the flow's state (what FlowWriter would read; chain.snapshot).
+        return self.files.put((self._snapshots.flow(flow), self.scrubber()), refused=fc.refused is not None)
 
     def http_connect(self, flow):
         if flow.response is not None and flow.response.status_code >= 300:
