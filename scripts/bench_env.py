@@ -55,13 +55,6 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
             proc.wait(5)
 
 
-def recordings_supported() -> bool:
-    """The recording addon is being built in parallel: use it only once the gateway has it."""
-    addons = ROOT / "addons"
-    defines = any('"pangate_recordings_dir"' in p.read_text(errors="replace") for p in addons.glob("*.py"))
-    return defines and "recording" in (addons / "gateway.py").read_text().lower()
-
-
 class Gateway:
     """One mitmdump: bare (no scripts) or the pangate chain, on a free loopback port."""
 
@@ -96,9 +89,8 @@ class Gateway:
                      "--set", f"pangate_policy={work / 'policies.yaml'}",
                      "--set", f"pangate_audit_dir={audit_dir}",
                      "--set", f"pangate_audit_key={d / 'audit-signing.key'}"]
-            if recordings_supported():
-                recordings = d / "recordings"
-                args += ["--set", f"pangate_recordings_dir={recordings}"]
+            recordings = d / "recordings"  # the full chain records every flow
+            args += ["--set", f"pangate_recordings_dir={recordings}"]
         for k, v in (options or {}).items():
             args += ["--set", f"{k}={v}"]
         full_env = {k: v for k, v in os.environ.items() if k not in PROXY_ENV}
