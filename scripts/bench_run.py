@@ -183,12 +183,15 @@ def profile(g: Gateway, base: str, work: Path, args) -> dict:
     return res
 
 
+PROCESSES = (1, 2, 4)
+
+
 def scale(fx: dict, base: str, nginx_port: int, work: Path, token: str, args) -> dict:
-    """1 vs 2 pangate processes behind an nginx stream (TCP) balancer; each its own audit dir."""
-    gws = [Gateway.start(work, fx, f"scale-{i}", True, nginx_port, token=token) for i in range(2)]
+    """1, 2 and 4 pangate processes behind an nginx stream (TCP) balancer; each its own audit dir."""
+    gws = [Gateway.start(work, fx, f"scale-{i}", True, nginx_port, token=token) for i in range(max(PROCESSES))]
     res = {}
     try:
-        for n in (1, 2):
+        for n in PROCESSES:
             lb_port = free_port()
             lb = Nginx.stream(work / f"lb{n}", lb_port, [g.port for g in gws[:n]])
             try:
@@ -207,6 +210,16 @@ def scale(fx: dict, base: str, nginx_port: int, work: Path, token: str, args) ->
         for g in gws:
             g.stop()
     return res
+
+
+def engine_rows(fx: dict, base: str, nginx_port: int, work: Path, token: str, args) -> dict:
+    """The gateway on the Python reference engine (PANGATE_ENGINE=python), on the scenarios
+    where masking is the work; the main rows run the engine the install built (native)."""
+    g = Gateway.start(work, fx, "pangate-python", True, nginx_port, token=token, env={"PANGATE_ENGINE": "python"})
+    try:
+        return {scn[0]: measure(g, base + scn[1], scn, args) for scn in SCENARIOS if scn[0] in ("small", "dense_1m")}
+    finally:
+        g.stop()
 
 
 def versions() -> dict:
@@ -231,7 +244,7 @@ def main() -> int:
     ap.add_argument("--loop-duration", type=float, default=5, help="seconds per scenario in the loop pass")
     ap.add_argument("--profile", action="store_true", help="also profile pangate with py-spy")
     ap.add_argument("--profile-duration", type=float, default=10)
-    ap.add_argument("--skip", default="", help="comma list of: loopwatch,scale,pan")
+    ap.add_argument("--skip", default="", help="comma list of: loopwatch,scale,pan,engines")
     ap.add_argument("--out", default=str(ROOT / "docs"), help="where bench.md/bench.svg/bench/ go")
     ap.add_argument("--command", default="scripts/bench", help="recorded in the report")
     args = ap.parse_args()
@@ -308,8 +321,12 @@ def main() -> int:
             results["loopwatch"] = {v: loopwatch(fx, base, nginx_port, work, token, args, v == "pangate")
                                     for v in ("bare", "pangate")}
             phase("loopwatch")
+        if "engines" not in skip:
+            print("the gateway on the Python engine ...", flush=True)
+            results["python_engine"] = engine_rows(fx, base, nginx_port, work, token, args)
+            phase("python_engine")
         if "scale" not in skip:
-            print("1 vs 2 pangate processes behind nginx stream ...", flush=True)
+            print("1, 2 and 4 pangate processes behind nginx stream ...", flush=True)
             results["scale"] = scale(fx, base, nginx_port, work, token, args)
             phase("scale")
     finally:
