@@ -93,6 +93,7 @@ def flow_record(flow, secret_params=()) -> dict:
         "duration_ms": round(((resp.timestamp_end if resp and resp.timestamp_end else time.time())
                               - req.timestamp_start) * 1000, 1) if req.timestamp_start else None,
         "pans_masked": fc.pans_masked,
+        "sad_masked": fc.sad_masked,
     }
     for key, value in (("credential", fc.credential), ("reveal", fc.reveal), ("approval", fc.approval),
                        ("replayed_from", fc.replayed_from), ("failed_hook", fc.failed_hook), ("error", fc.error)):

@@ -125,7 +125,8 @@ class FlowContext:
     approval: Note[ApprovalNote] = Note()
     credential: Note[CredentialNote] = Note()
     reveal: Note[RevealNote] = Note()
-    pans_masked: Note[int] = Note(default=0)
+    pans_masked: Note[int] = Note(default=0)  # card numbers masked in what was returned
+    sad_masked: Note[int] = Note(default=0)  # sensitive authentication data (CVC, PIN, track) starred
     streamed: Note[bool] = Note()  # the response body went through a masking stream
     response_masked: Note[bool] = Note()  # the stored response body is masked: not scanned again
     request_body_dropped: Note[bool] = Note()  # the kept request body could not be masked
@@ -151,8 +152,13 @@ class FlowContext:
         return (self.decision or {}).get("destination")
 
     def add_pans_masked(self, n: int) -> None:
+        """Count what a masking call masked: a pan.kinds.Masked knows its SAD part, which is
+        counted apart (a plain int counts as card numbers)."""
         if n:
-            self.pans_masked = self.pans_masked + n
+            sad = int(getattr(n, "sad", 0))
+            self.pans_masked = int(self.pans_masked) + int(n) - sad
+            if sad:
+                self.sad_masked = int(self.sad_masked) + sad
 
     def mark_refused(self, status: int, code: str, reason: str) -> str:
         """The one writer of `refused`: refuse() and cut() record through here. Returns the

@@ -798,10 +798,11 @@ static int span_cmp(const void *x, const void *y)
 static int is_pan(int kind) { return kind == K_PAN || kind == K_UNK; }
 
 /* The count of Masker._apply: _counted(finds) plus the SAD spans that hold
- * something other than "*". Returns -1 on memory exhaustion. */
-static ssz count_finds(const unsigned char *b, const Finds *F)
+ * something other than "*" (those also in *sad). Returns -1 on memory exhaustion. */
+static ssz count_finds(const unsigned char *b, const Finds *F, ssz *sad)
 {
     ssz nz = 0, count = 0, last_end = -1;
+    *sad = 0;
     for (ssz i = 0; i < F->n; i++)
         if (!is_pan(F->v[i].kind)) nz++;
     if (!nz) {
@@ -820,6 +821,7 @@ static ssz count_finds(const unsigned char *b, const Finds *F)
         for (ssz x = f->ms; x < f->me; x++)
             if (b[x] != '*') { count++; break; }
     }
+    *sad = count;
     qsort(z, nz, sizeof(Span), span_cmp);
     for (ssz i = 0; i < nz; i++) pmax[i] = i && pmax[i - 1] > z[i].e ? pmax[i - 1] : z[i].e;
     for (ssz i = 0; i < F->n; i++) {
@@ -909,28 +911,28 @@ static int check_range(Py_buffer *v, ssz base, ssz stop)
     return 0;
 }
 
-/* (bytes of buf[base:c] masked, count) for the findings in F. */
+/* (bytes of buf[base:c] masked, count, the SAD values among count) for the findings in F. */
 static PyObject *masked(const Engine *E, PyObject *obj, Py_buffer *v, int nogil, ssz base, ssz c, Finds *F)
 {
     if (!F->n) {
-        if (base == 0 && c == v->len && PyBytes_CheckExact(obj)) return Py_BuildValue("(Oi)", obj, 0);
-        return Py_BuildValue("(y#i)", (const char *)v->buf + base, c - base, 0);
+        if (base == 0 && c == v->len && PyBytes_CheckExact(obj)) return Py_BuildValue("(Oii)", obj, 0, 0);
+        return Py_BuildValue("(y#ii)", (const char *)v->buf + base, c - base, 0, 0);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, c - base);
     if (!out) return NULL;
-    ssz count;
+    ssz count, sad;
     unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
     if (nogil) {
         Py_BEGIN_ALLOW_THREADS
         apply(E, v->buf, base, c, F, o);
-        count = count_finds(v->buf, F);
+        count = count_finds(v->buf, F, &sad);
         Py_END_ALLOW_THREADS
     } else {
         apply(E, v->buf, base, c, F, o);
-        count = count_finds(v->buf, F);
+        count = count_finds(v->buf, F, &sad);
     }
     if (count < 0) { Py_DECREF(out); return PyErr_NoMemory(); }
-    return Py_BuildValue("(Nn)", out, count);
+    return Py_BuildValue("(Nnn)", out, count, sad);
 }
 
 static PyObject *Engine_scan(Engine *E, PyObject *args)
@@ -950,7 +952,7 @@ static PyObject *Engine_scan(Engine *E, PyObject *args)
     return res;
 }
 
-/* mask(buf, base, stop) -> (masked buf[base:stop], count): Masker.mask on a range. */
+/* mask(buf, base, stop) -> (masked buf[base:stop], count, sad): Masker.mask on a range. */
 static PyObject *Engine_mask(Engine *E, PyObject *args)
 {
     PyObject *obj;
@@ -971,7 +973,7 @@ static PyObject *Engine_mask(Engine *E, PyObject *args)
 /* stream_round(buf, base, limit, max_pending): one StreamMasker.feed round.
  * None: hold everything (no safe cut yet); False: the cut had to be forced
  * (a chain of overlapping findings longer than max_pending), which the
- * Python code handles; else (masked buf[base:c], count, c). */
+ * Python code handles; else (masked buf[base:c], count, c, sad). */
 static PyObject *Engine_stream_round(Engine *E, PyObject *args)
 {
     PyObject *obj;
@@ -996,7 +998,8 @@ static PyObject *Engine_stream_round(Engine *E, PyObject *args)
             F.n = keep;
             PyObject *m = masked(E, obj, &v, nogil, base, c, &F);
             if (m) {
-                res = Py_BuildValue("(OOn)", PyTuple_GET_ITEM(m, 0), PyTuple_GET_ITEM(m, 1), c);
+                res = Py_BuildValue("(OOnO)", PyTuple_GET_ITEM(m, 0), PyTuple_GET_ITEM(m, 1), c,
+                                    PyTuple_GET_ITEM(m, 2));
                 Py_DECREF(m);
             }
         }
@@ -1235,9 +1238,9 @@ static void Engine_dealloc(Engine *E)
 
 static PyMethodDef Engine_methods[] = {
     {"scan", (PyCFunction)Engine_scan, METH_VARARGS, "scan(buf, base, stop) -> findings, as Scanner.scan"},
-    {"mask", (PyCFunction)Engine_mask, METH_VARARGS, "mask(buf, base, stop) -> (masked buf[base:stop], count)"},
+    {"mask", (PyCFunction)Engine_mask, METH_VARARGS, "mask(buf, base, stop) -> (masked buf[base:stop], count, sad)"},
     {"stream_round", (PyCFunction)Engine_stream_round, METH_VARARGS,
-     "stream_round(buf, base, limit, max_pending) -> None | False | (out, count, cut)"},
+     "stream_round(buf, base, limit, max_pending) -> None | False | (out, count, cut, sad)"},
     {"has_pan", (PyCFunction)Engine_has_pan, METH_VARARGS, "has_pan(buf) -> bool"},
     {NULL, NULL, 0, NULL}};
 

@@ -73,7 +73,7 @@ from dataclasses import dataclass
 from pangate.pan import native as _native
 
 from pangate.pan.iin import lookup as _lookup
-from pangate.pan.kinds import PAN_KINDS
+from pangate.pan.kinds import PAN_KINDS, Masked
 from pangate.pan.sad import MAX_READ as _SAD_READ, SAD_NAMES  # noqa: F401  (SAD_NAMES re-exported)
 from pangate.pan.scan import MAX_READ as _PAN_READ, Scanner, has_run as _has_run, luhn as _luhn
 
@@ -202,7 +202,8 @@ class Masker:
         nat = self._native
         if nat is not None:
             try:
-                return nat.mask(data, 0, len(data))
+                out, n, sad = nat.mask(data, 0, len(data))
+                return out, Masked(n, sad)
             except Exception as e:
                 _native_failed(e)
         finds = self._pyscan(data, 0, len(data))
@@ -252,15 +253,15 @@ class Masker:
         written last, so overlapping findings combine as a union.
         """
         if not finds:
-            return (buf if base == 0 and c == len(buf) else buf[base:c]), 0
+            return (buf if base == 0 and c == len(buf) else buf[base:c]), Masked()
         count = len(_counted(finds))
         # Common case, disjoint masked spans: one join of slices, no
         # bytearray copy and per-finding slice assignment.
         out, last, zc, hmac_mode = [], base, 0, self.mode == "hmac"
         for s, e, ms, me, kind, info in finds:
             if ms < last:
-                count += sum(1 for f in finds if f[4] not in PAN_KINDS and buf[f[2]:f[3]].strip(b"*"))
-                return self._apply_overlapping(buf, base, c, finds), count
+                zc = sum(1 for f in finds if f[4] not in PAN_KINDS and buf[f[2]:f[3]].strip(b"*"))
+                return self._apply_overlapping(buf, base, c, finds), Masked(count + zc, zc)
             out.append(buf[last:ms])
             if kind in PAN_KINDS:
                 out.append(self._token(buf[ms:me], info[1]) if hmac_mode else buf[ms:me].translate(_STAR))
@@ -270,7 +271,7 @@ class Masker:
                 out.append(b"*" * (me - ms))
             last = me
         out.append(buf[last:c])
-        return b"".join(out), count + zc
+        return b"".join(out), Masked(count + zc, zc)
 
     def _apply_overlapping(self, buf: bytes, base: int, c: int, finds) -> bytes:
         out = bytearray(buf[base:c])
@@ -364,8 +365,8 @@ class StreamMasker:
                 self._buf = buf
                 return b""
             if r is not False:
-                out, n, c = r
-                self.count += n
+                out, n, c, sad = r
+                self.count += Masked(n, sad)
                 keep = max(0, c - _CTX)
                 self._buf, self._base = buf[keep:], c - keep
                 return out
@@ -392,8 +393,8 @@ class StreamMasker:
         nat = self._m._native
         if nat is not None and self._on_pan is None:
             try:
-                out, n = nat.mask(buf, base, len(buf))
-                self.count += n
+                out, n, sad = nat.mask(buf, base, len(buf))
+                self.count += Masked(n, sad)
                 self._buf, self._base = b"", 0
                 return out
             except Exception as e:

@@ -19,7 +19,7 @@ there. ``Kind`` groups them for readers and for ``Kind.ALL``.
 from __future__ import annotations
 
 __all__ = ["Kind", "PAN", "PAN_UNKNOWN_BRAND", "CVC", "PIN", "TRACK_FIELD", "TRACK1", "TRACK2",
-           "PAN_KINDS", "SAD_KINDS", "is_pan"]
+           "PAN_KINDS", "SAD_KINDS", "is_pan", "Masked"]
 
 # A card number whose IIN table row names its brand.
 PAN = "pan"
@@ -56,3 +56,32 @@ class Kind:
     TRACK1 = TRACK1
     TRACK2 = TRACK2
     ALL = PAN_KINDS + SAD_KINDS
+
+
+class Masked(int):
+    """A count of values masked that also knows how many of them were SAD (`.sad`); the rest are
+    card numbers. It is the int every masking call has always returned, so callers that only
+    add counts need no change: adding two keeps both parts (a plain int added counts as card
+    numbers), and `0 + Masked` is a Masked too (int subclasses take the reflected sum)."""
+
+    def __new__(cls, total: int = 0, sad: int = 0):
+        self = super().__new__(cls, total)
+        self.sad = sad
+        return self
+
+    @property
+    def pans(self) -> int:
+        return int(self) - self.sad
+
+    def __add__(self, other):
+        if not isinstance(other, int):
+            return NotImplemented
+        return Masked(int(self) + int(other), self.sad + getattr(other, "sad", 0))
+
+    __radd__ = __add__
+
+    def __str__(self) -> str:  # printed and formatted as the plain count
+        return int.__repr__(self)
+
+    def __repr__(self) -> str:
+        return f"Masked({int(self)}, sad={self.sad})"

@@ -85,7 +85,7 @@ def _self_check(reference, modes=("bin6last4", "last4")) -> str | None:
         ref = reference(mode, key)
         eng = engine_for(bin6=mode == "bin6last4", sad_=True, strict_brand=False, hmac_key=key)
         for d in SELF_CHECK_DOCS:
-            if eng.mask(d, 0, len(d)) != ref.mask(d):
+            if eng.mask(d, 0, len(d))[:2] != ref.mask(d):
                 return f"self-check failed in mode {mode}"
     return None
 

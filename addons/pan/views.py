@@ -62,7 +62,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from pangate.pan.engine import Masker, _counted
-from pangate.pan.kinds import PAN_KINDS
+from pangate.pan.kinds import PAN_KINDS, Masked
 
 __all__ = ["UndecodableBody", "ViewFinding", "ViewScan", "needs_views", "scan_views", "mask_views",
            "contains_pan_views", "MAX_DEPTH"]
@@ -584,14 +584,18 @@ def mask_views(data: bytes, content_type: str, masker: Masker) -> tuple[bytes, i
         return masker.mask(data)
     edits: list = []
     counted: list = []
+    counted_sad: list = []  # the SAD values among counted
     for _name, vb, layer in views:
         finds = masker._scan(vb, 0, len(vb))
         if not finds:
             continue
         out, _ = masker._apply(vb, 0, len(vb), finds)
         raw = layer.depth == 0 and layer.codec is None
-        for f in _counted(finds) + [f for f in finds if f[4] not in PAN_KINDS and vb[f[2]:f[3]].strip(b"*")]:
+        sad = [f for f in finds if f[4] not in PAN_KINDS and vb[f[2]:f[3]].strip(b"*")]
+        for f in _counted(finds) + sad:
             counted.append((f[0], f[1]) if raw else _orig_span(layer, f[0], f[1]))
+        for f in sad:
+            counted_sad.append((f[0], f[1]) if raw else _orig_span(layer, f[0], f[1]))
         for f in finds:
             for k in range(f[2], f[3]):
                 if out[k] != vb[k]:
@@ -602,7 +606,7 @@ def mask_views(data: bytes, content_type: str, masker: Masker) -> tuple[bytes, i
                     s = layer.render(k, chr(out[k]))
                     edits.append((base.off(i), base.off(j), base.encode(s)))
     if not edits:
-        return data, 0
+        return data, Masked()
     edits.sort(key=lambda x: (x[0], -x[1]))
     parts, last, prev = [], 0, None
     for s, e, rep in edits:
@@ -614,7 +618,8 @@ def mask_views(data: bytes, content_type: str, masker: Masker) -> tuple[bytes, i
         parts.append(rep)
         last, prev = e, (s, e)
     parts.append(data[last:])
-    return b"".join(parts), _components(counted)
+    total = _components(counted)
+    return b"".join(parts), Masked(total, min(total, _components(counted_sad)))
 
 
 def _components(spans: list) -> int:

@@ -54,6 +54,7 @@ def _gather(audit_dir: str, since: float, progress) -> dict:
     counts = {"events": Counter(), "outcomes": Counter(), "refusals_by_code": Counter(),
               "token_refusals_by_code": Counter(), "approvals": Counter(), "alerts_by_detector": Counter(),
               "alerts_by_severity": Counter(), "reveals": 0, "pans_revealed": 0, "pans_masked": 0,
+              "sad_masked": 0,
               "card_data_requests": 0, "revocations": 0}
     samples: dict[tuple, list] = defaultdict(list)
     policy_history, alerts, controls, retention, starts = [], [], [], [], []
@@ -65,6 +66,7 @@ def _gather(audit_dir: str, since: float, progress) -> dict:
             if outcome in ("denied", "token_refused", "unavailable", "refused"):
                 counts["refusals_by_code"][rec.get("code")] += 1
             counts["pans_masked"] += int(rec.get("pans_masked") or 0)
+            counts["sad_masked"] += int(rec.get("sad_masked") or 0)
             if rec.get("reveal"):
                 counts["reveals"] += 1
                 counts["pans_revealed"] += int(rec["reveal"].get("pans_revealed") or 0)
@@ -142,8 +144,8 @@ def requirements(facts: dict, g: dict, ver: dict, review: dict, signoffs: list[d
     return [
         {"id": "3.3.1", "title": "Sensitive authentication data is not retained after authorization",
          "shows": "Card verification codes, PINs and track data in responses are starred by the masking stage "
-                  f"before anything is stored; this pack itself is scrubbed. {c['pans_masked']} card numbers "
-                  "were masked in the period.",
+                  f"before anything is stored; this pack itself is scrubbed. {c['sad_masked']} such values were "
+                  f"starred in the period (and {c['pans_masked']} card numbers masked).",
          "files": ["audit/counts.json", "audit/samples.jsonl"]},
         {"id": "3.4.1", "title": "PAN is masked when displayed",
          "shows": f"Masking mode {p['masking']} for every response; full numbers only under {len(p['reveals'])} "

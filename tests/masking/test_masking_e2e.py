@@ -268,6 +268,24 @@ def test_chunked_response_split_pans(gw, gws, up, mint, mode):
     assert_clean_at_rest(g, rid)
 
 
+@pytest.mark.parametrize("mode", ["buffered", "streamed"])
+def test_card_numbers_and_sad_are_counted_apart(gw, gws, up, mint, mode):
+    # Two card numbers (one of them JSON-escaped, so only a normalized view finds it), a CVC and
+    # a PIN, in the body and a header: pans_masked counts the card numbers, sad_masked the rest.
+    body = (b'{"pan": "4111111111111111", "alt": "\\u0035500000000000004", "cvv": "123", '
+            b'"pin": "9876", "note": "order 81723"}')
+    head = {"Content-Type": "application/json", "X-Card": "5105105105105100"}
+    if mode == "buffered":
+        up.routes["/sad"] = lambda req, s: send(s, 200, body, head)
+    else:  # no length: the streaming gateway masks it chunk by chunk
+        up.routes["/sad"] = lambda req, s: send_chunked(s, [body[:30], body[30:70], body[70:]], head)
+    g = gw if mode == "buffered" else gws
+    r = g.session("app", mint("app")).get(cards(up, "/sad"))
+    assert r.status_code == 200 and b"123" not in r.content and b"9876" not in r.content
+    rec = g.records_for(r.headers["X-Pangate-Request-Id"])[0]
+    assert (rec["pans_masked"], rec["sad_masked"]) == (3, 2)
+
+
 @pytest.mark.parametrize("enc", list(ENCODERS))
 def test_streamed_encoded_response(gws, up, mint, enc):
     ctype, doc = DOCS["text"]

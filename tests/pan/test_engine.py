@@ -345,7 +345,8 @@ def test_body_stream_equals_whole_body_masking(enc, events):
             k += step
         out += bs(b"")
         assert not bs.failed and b"".join(out) == want, trial
-        assert flow.metadata["pangate"]["pans_masked"] == M.mask(body)[1]
+        notes, n = flow.metadata["pangate"], M.mask(body)[1]
+        assert (notes.get("pans_masked", 0), notes.get("sad_masked", 0)) == (n.pans, n.sad)
 
 
 # ---- fast path (panscan._RUN regex, layout cache, blocks) vs the general path -------------------
@@ -418,3 +419,14 @@ def test_block_walk_equals_one_block(monkeypatch):
     monkeypatch.setattr(panscan, "_BLOCK", 1 << 40)
     assert [Masker(mode, hmac_key=KEY).mask(doc) for mode in ("bin6last4", "hmac")] == want
     assert want[0][1] > 1000
+
+
+def test_counts_know_their_sad_part():
+    # pans_masked counts card numbers and sad_masked the rest: the engine's count carries both.
+    m = Masker(sad=True)
+    out, n = m.mask(b'{"pan": "4111111111111111", "cvv": "123", "track2": ";4111111111111111=2512101"}')
+    assert (int(n), n.sad, n.pans) == (4, 3, 1)  # the track2 field: its field value and its track
+    total = 0
+    for chunk in (n, m.mask(b"5500000000000004")[1], 2):  # a plain int counts as card numbers
+        total += chunk
+    assert (int(total), total.sad) == (7, 3)
