@@ -19,12 +19,14 @@ import asyncio
 import json
 import logging
 import os
+import re
 import threading
 
 from mitmproxy import ctx
 
 THRESHOLD = 0.010  # seconds: the "no blocking call longer than 10 ms"
 MAX_EVENTS = 20000
+_SLOW = re.compile(r"Executing (.*) took ([0-9.]+) seconds$", re.DOTALL)
 
 
 class _SlowCallbacks(logging.Handler):
@@ -35,14 +37,16 @@ class _SlowCallbacks(logging.Handler):
         self.count = 0
 
     def emit(self, record: logging.LogRecord) -> None:
-        # asyncio: logger.warning('Executing %s took %.3f seconds', _format_handle(handle), dt)
-        if record.msg != "Executing %s took %.3f seconds" or len(record.args or ()) != 2:
+        # asyncio: logger.warning('Executing %s took %.3f seconds', _format_handle(handle), dt).
+        # Read from the formatted message: in the gateway every record reaches handlers already
+        # scrubbed (sinks.output), its message formatted and its args gone.
+        m = _SLOW.match(record.getMessage())
+        if m is None:
             return
-        handle, secs = record.args
         with self.mu:
             self.count += 1
             if len(self.events) < MAX_EVENTS:
-                self.events.append((record.created, float(secs), str(handle)[:300]))
+                self.events.append((record.created, float(m.group(2)), m.group(1)[:300]))
 
 
 class LoopWatch:
