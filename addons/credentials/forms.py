@@ -69,18 +69,14 @@ _PIECE = 8  # length of the pieces a long value is searched for (a form shorter 
 
 
 def _cover(forms) -> tuple:
-    """Few pieces such that every form contains one: greedily, the piece most forms share."""
-    grams = {f: {f[i:i + _PIECE] for i in range(max(len(f) - _PIECE, 0) + 1)} for f in forms}
-    left, pieces = set(forms), []
-    while left:
-        count: dict = {}
-        for f in left:
-            for g in grams[f]:
-                count[g] = count.get(g, 0) + 1
-        best = max(sorted(count), key=lambda g: count[g])
-        pieces.append(best)
-        left = {f for f in left if best not in grams[f]}
-    return tuple(pieces)
+    """Few pieces such that every form contains one: for each form, its piece that most forms
+    share (one count over all pieces; built on the event loop at a policy load, so linear)."""
+    grams = {f: sorted({f[i:i + _PIECE] for i in range(max(len(f) - _PIECE, 0) + 1)}) for f in forms}
+    shared: dict = {}
+    for gs in grams.values():
+        for g in gs:
+            shared[g] = shared.get(g, 0) + 1
+    return tuple(sorted({max(gs, key=shared.__getitem__) for gs in grams.values()}))
 
 
 class _Probe:
@@ -127,12 +123,10 @@ class Redactor:
     def __init__(self, forms=()):
         self.forms = tuple(sorted({f for f in forms if len(f) >= MIN_FORM}, key=len, reverse=True))
         self.longest = max((len(f) for f in self.forms), default=0)
-        if self.forms:
-            alt = "|".join(re.escape(f) for f in self.forms)
-            self._text = re.compile(alt, re.IGNORECASE)
-            self._data = re.compile(alt.encode(), re.IGNORECASE)
-        else:
-            self._text = self._data = None
+        # The regexes are compiled when a probe first finds something (about 20 ms for one
+        # secret's forms): a policy load builds redactors on the event loop.
+        self._alt = "|".join(re.escape(f) for f in self.forms) if self.forms else None
+        self._compiled: tuple | None = None
         # A first look before the regex, which is slow (IGNORECASE alternation: hundreds of
         # microseconds per KB) and runs on every string a recording stores. ASCII-lowered
         # substring tests find exactly what the regex can match in ASCII text and in bytes
@@ -144,10 +138,15 @@ class Redactor:
     def __bool__(self) -> bool:
         return bool(self.forms)
 
+    def _regexes(self) -> tuple:
+        if self._compiled is None:  # two threads may both compile: the same patterns either way
+            self._compiled = (re.compile(self._alt, re.IGNORECASE), re.compile(self._alt.encode(), re.IGNORECASE))
+        return self._compiled
+
     def may_match_text(self, value: str) -> bool:
         """False only when text() would return value unchanged (a cheap test)."""
         if self._probe_text is None or not value.isascii():
-            return self._text is not None
+            return self._alt is not None
         return self._probe_text.found_in(value.lower())
 
     def may_match_data(self, value: bytes) -> bool:
@@ -155,14 +154,14 @@ class Redactor:
         return self._probe_data.found_in(value.lower())
 
     def text(self, value: str) -> str:
-        if self._text is None or not value or not self.may_match_text(value):
+        if self._alt is None or not value or not self.may_match_text(value):
             return value
-        return self._text.sub(lambda m: STARS * len(m.group()), value)
+        return self._regexes()[0].sub(lambda m: STARS * len(m.group()), value)
 
     def data(self, value: bytes) -> bytes:
-        if self._data is None or not value or not self.may_match_data(value):
+        if self._alt is None or not value or not self.may_match_data(value):
             return value
-        return self._data.sub(lambda m: b"*" * len(m.group()), value)
+        return self._regexes()[1].sub(lambda m: b"*" * len(m.group()), value)
 
     def stream(self) -> "StreamRedactor":
         return StreamRedactor(self)

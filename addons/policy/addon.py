@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import sys
 import threading
 
 from mitmproxy import ctx, exceptions
@@ -25,6 +24,7 @@ from pangate.common import events
 from pangate.chain.failsafe import Component
 from pangate.common.filewatch import WatchedFile
 from pangate.common.periodic import file_stamp
+from pangate.common.loopfirst import LOOP_FIRST, LoopFirst
 from pangate.policy.model import Policy, load_policy
 from pangate.policy.errors import PolicyError
 from pangate.policy.schema import parse_duration
@@ -37,41 +37,8 @@ class _OverBudget(BaseException):
     """Raised inside the loader thread to stop a load that ran out of time."""
 
 
-class _LoopFirst:
-    """While a policy loads, the interpreter switches threads more often.
-
-    The loader is pure Python and holds the GIL; the event loop, woken by a
-    socket, waits for it up to the switch interval (5 ms) at every wake-up,
-    several per request. A shorter interval while a load runs keeps that
-    wait near 1 ms; it is put back when the last load ends.
-    """
-
-    INTERVAL = 0.001
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._active = 0
-        self._saved = None
-
-    def __enter__(self):
-        with self._lock:
-            if self._active == 0:
-                self._saved = sys.getswitchinterval()
-                sys.setswitchinterval(min(self._saved, self.INTERVAL))
-            self._active += 1
-
-    def __exit__(self, *exc):
-        with self._lock:
-            self._active -= 1
-            if self._active == 0 and self._saved is not None:
-                sys.setswitchinterval(self._saved)
-
-
-_LOOP_FIRST = _LoopFirst()
-
-
-def _loop_first() -> _LoopFirst:
-    return _LOOP_FIRST
+def _loop_first() -> LoopFirst:
+    return LOOP_FIRST
 
 
 class PolicyLoad:
