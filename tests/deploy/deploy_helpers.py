@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = sorted(p.name for p in (DEPLOY / "k8s" / "overlays").iterdir() if p.is_dir())
 
-# No cluster: without a kubeconfig kubectl probes http://localhost:8080, which may be a live
-# gateway on this machine. An empty one keeps every call offline.
-KUBE_ENV = {**os.environ, "KUBECONFIG": os.devnull}
+# No cluster. Without a server in its kubeconfig kubectl (and the kubectl-dispatcher wrapper,
+# which asks the server's version even for `version --client` and `kustomize`) probes
+# http://localhost:8080 -- a live gateway's default port on this machine. A kubeconfig whose
+# server is a loopback port nobody may listen on (1, privileged) makes every probe fail at once.
+_KUBECONFIG = Path(tempfile.gettempdir()) / f"pangate-tests-kubeconfig-{os.getpid()}"
+_KUBECONFIG.write_text(yaml.safe_dump({
+    "apiVersion": "v1", "kind": "Config", "current-context": "none",
+    "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:1"}}],
+    "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
+    "users": [{"name": "none", "user": {}}]}))
+atexit.register(_KUBECONFIG.unlink, missing_ok=True)
+KUBE_ENV = {**os.environ, "KUBECONFIG": str(_KUBECONFIG)}
 
 
 def kustomize_version() -> tuple[int, ...] | None:
