@@ -145,13 +145,15 @@ class Redactor:
 
     def may_match_text(self, value: str) -> bool:
         """False only when text() would return value unchanged (a cheap test)."""
+        if self._alt is None:
+            return False
         if self._probe_text is None or not value.isascii():
-            return self._alt is not None
+            return True
         return self._probe_text.found_in(value.lower())
 
     def may_match_data(self, value: bytes) -> bool:
         """False only when data() would return value unchanged (a cheap test)."""
-        return self._probe_data.found_in(value.lower())
+        return self._alt is not None and self._probe_data.found_in(value.lower())
 
     def text(self, value: str) -> str:
         if self._alt is None or not value or not self.may_match_text(value):

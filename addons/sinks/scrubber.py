@@ -47,16 +47,20 @@ _WORDS = {str: (_TOKEN_WORDS, _TOKEN_WORDS + _SAD_WORDS, _SAD_WORDS),
           bytes: tuple(tuple(w.encode() for w in ws) for ws in (_TOKEN_WORDS, _TOKEN_WORDS + _SAD_WORDS, _SAD_WORDS))}
 
 
+def _words(low, which: int) -> tuple:
+    return _WORDS[bytes if isinstance(low, (bytes, bytearray)) else str][which]
+
+
 def _token_hint(low) -> bool:
-    return any(w in low for w in _WORDS[type(low)][0])
+    return any(w in low for w in _words(low, 0))
 
 
 def _hint(low) -> bool:
-    return any(w in low for w in _WORDS[type(low)][1])
+    return any(w in low for w in _words(low, 1))
 
 
 def _sad_hint(low) -> bool:
-    return any(w in low for w in _WORDS[type(low)][2])
+    return any(w in low for w in _words(low, 2))
 
 
 # Fewer ASCII digits than this in an ASCII string: no card number in any form fits (a PAN has
