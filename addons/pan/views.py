@@ -592,10 +592,9 @@ def mask_views(data: bytes, content_type: str, masker: Masker) -> tuple[bytes, i
         out, _ = masker._apply(vb, 0, len(vb), finds)
         raw = layer.depth == 0 and layer.codec is None
         sad = [f for f in finds if f[4] not in PAN_KINDS and vb[f[2]:f[3]].strip(b"*")]
-        for f in _counted(finds) + sad:
-            counted.append((f[0], f[1]) if raw else _orig_span(layer, f[0], f[1]))
-        for f in sad:
-            counted_sad.append((f[0], f[1]) if raw else _orig_span(layer, f[0], f[1]))
+        spans = [(f[0], f[1]) if raw else _orig_span(layer, f[0], f[1]) for f in _counted(finds) + sad]
+        counted += spans
+        counted_sad += spans[len(spans) - len(sad):]  # the SAD findings come last
         for f in finds:
             for k in range(f[2], f[3]):
                 if out[k] != vb[k]:
