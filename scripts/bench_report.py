@@ -223,9 +223,7 @@ def markdown(res: dict, analysis: str) -> str:
          "scenario per variant, interleaved, after a 2 s warm-up; both mitmdumps run at the same time on the same "
          "nginx HTTPS upstream and the same interception CA. Peak RSS is VmHWM of the mitmdump process, reset "
          "before each scenario. pangate runs the full chain: JWT identity bound at CONNECT, policy, bearer "
-         "credential injection, PAN masking, signed hash-chained audit (fsync'd group commits)" +
-         (", recordings" if res.get("recordings") else "; recordings not measured: the gateway has no "
-          "`pangate_recordings_dir` option yet") + ".\n",
+         "credential injection, PAN masking, signed hash-chained audit (fsync'd group commits), recordings.\n",
          *_table_md(res),
          "## Targets\n",
          "The performance issue's targets against this run (ratios against bare mitmdump in the same run). "
