@@ -108,3 +108,14 @@ def test_sink_masks_separator_script_and_unknown_range_forms(scrubber, form):
     digits = "".join(str(int(c)) for c in out if c.isdecimal())
     assert "4111111111111111" not in digits and "6703444444444449" not in digits and "3088000000000009" not in digits
     assert scrubber.data(f"x {form} y".encode()).decode().count("*") >= 6
+
+
+def test_value_keeps_generated_ids_under_their_keys():
+    # A policy digest whose hex holds a Luhn-valid run: kept under "digest" (an evidence pack's
+    # policy history must still match the policy), starred anywhere else.
+    digest = "ab4111111111111111" + "c" * 46
+    out = SinkScrubber(secrets=SecretRegistry()).value({"digest": digest, "note": digest, "digest2": [digest]})
+    assert out["digest"] == digest
+    assert "4111111111111111" not in out["note"] and "4111111111111111" not in out["digest2"][0]
+    # Only the generated shape is kept: a card number under the same key is still masked.
+    assert SinkScrubber(secrets=SecretRegistry()).value({"digest": "4111111111111111"})["digest"] != "4111111111111111"
