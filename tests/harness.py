@@ -154,7 +154,10 @@ class Gateway:
     def audit_lines(self) -> list[str]:
         out = []
         for f in sorted(self.audit_dir.glob("*.jsonl")):
-            out += [line for line in f.read_text().splitlines() if line.strip()]
+            text = f.read_text()
+            # Read while the writer appends: a last line without its newline is not written yet.
+            whole = text if text.endswith("\n") else text[:text.rfind("\n") + 1]
+            out += [line for line in whole.splitlines() if line.strip()]
         return out
 
     def audit_records(self) -> list[dict]:
