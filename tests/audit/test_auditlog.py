@@ -514,18 +514,34 @@ def test_progress_and_the_verify_command(tmp_path, key, capsys):
     assert pangate_main(["audit", "verify", str(d), "--pubkey", str(kp) + ".pub"]) == 1
 
 
-def test_throughput(tmp_path, key):
+class CountingOps(FileOps):
+    """Counts the syscalls a batch of appends costs: group commit, measured without a clock."""
+
+    def __init__(self):
+        self.writes = self.fsyncs = 0
+
+    def write(self, fd, data):
+        self.writes += 1
+        return os.write(fd, data)
+
+    def fsync(self, fd):
+        self.fsyncs += 1
+        os.fsync(fd)
+
+
+def test_appends_are_group_committed(tmp_path, key, pub):
+    # Why counts, not a records/s bound: the rate belongs to scripts/bench; what
+    # makes it possible is that many appends share one write and one fsync.
     n = 20000
-    w = make(tmp_path, key, flush_delay=0.05)
-    t = time.perf_counter()
+    ops = CountingOps()
+    w = make(tmp_path, key, fileops=ops, flush_delay=0.05)
     for i in range(n):
         s = w.append({"event": "request", "identity": "svc", "host": "api.example", "i": i})
-    t_append = time.perf_counter() - t
     assert w.wait_durable(s, 30)
-    rate = n / (time.perf_counter() - t)
-    w.close()
-    print(f"append {t_append / n * 1e6:.1f} us/record, durable throughput {rate:,.0f} records/s")
-    assert rate > 20000  # the target is 50k/s; leave headroom for slow CI disks
+    assert w.close()
+    assert ops.fsyncs <= n // 100, ops.fsyncs
+    assert ops.writes <= n // 100, ops.writes
+    assert verify_log(str(tmp_path), pub).records >= n
 
 
 def test_refusals_during_an_outage_are_coalesced_not_queued(tmp_path, key, pub):

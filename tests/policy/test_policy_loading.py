@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import statistics
 import threading
 import time
 
@@ -267,33 +266,38 @@ def test_the_index_answers_as_the_scan_did():
         assert (found.name if found else None) == _linear(p, issuer, subject, claims), (issuer, subject, claims)
 
 
-def _per_lookup(policy: Policy) -> float:
+class _CountingClaims(dict):
+    """Token claims that count how often the lookup reads them: its work, measured without a clock."""
+
+    reads = 0
+
+    def get(self, key, default=None):
+        type(self).reads += 1
+        return super().get(key, default)
+
+
+def _reads_per_lookup(policy: Policy) -> float:
+    """Claim reads per lookup over the last declared identities (the worst case of a scan)."""
     from pangate.identity.addon import identity_for
     from pangate.identity.tokens import Principal
 
-    names = list(policy.identities)[-30:]  # the last declared: the worst case of a scan
     principals = []
-    for name in names:
+    for name in list(policy.identities)[-30:]:
         ident = policy.identities[name]
         if ident.issuer == "pangate":
-            principals.append(Principal("pangate", name, {}, method="pangate"))
+            principals.append(Principal("pangate", name, _CountingClaims(), method="pangate"))
         elif ident.subject:
-            principals.append(Principal("idp", ident.subject, {}))
+            principals.append(Principal("idp", ident.subject, _CountingClaims()))
         else:
-            principals.append(Principal("idp", "job", dict(ident.claims)))
-    assert all(identity_for(policy, p) for p in principals)
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(20):
-            for p in principals:
-                identity_for(policy, p)
-        best = min(best, (time.perf_counter() - t0) / (20 * len(principals)))
-    return best
+            principals.append(Principal("idp", "job", _CountingClaims(ident.claims)))
+    _CountingClaims.reads = 0
+    assert all(identity_for(policy, p) == n for p, n in zip(principals, list(policy.identities)[-30:], strict=True))
+    return _CountingClaims.reads / len(principals)
 
 
 def test_mapping_a_token_to_its_identity_costs_the_same_for_100_or_10k_identities():
-    small, large = _policy(100), _policy(10_000)
-    t_small = statistics.median(_per_lookup(small) for _ in range(3))
-    t_large = statistics.median(_per_lookup(large) for _ in range(3))
-    assert t_large <= 2 * t_small, (t_small, t_large)
+    # Why a count, not a timer: a shared CI machine makes a 2x timing bound flaky,
+    # while a scan would read claims once per identity, 100x more at 10k.
+    small, large = _reads_per_lookup(_policy(100)), _reads_per_lookup(_policy(10_000))
+    assert large == small, (small, large)
+    assert large <= 4, large
