@@ -1236,6 +1236,162 @@ static void Engine_dealloc(Engine *E)
     Py_TYPE(E)->tp_free((PyObject *)E);
 }
 
+/* ---- The sinks' blunt pass (pangate.sinks.scrubber._card_digits, over ASCII) ----
+ *
+ * blunt_stars(buf, seps) -> [(start, end), ...]: the byte ranges to star. The
+ * Python pass finds runs `\d(?:SEP{0,4}\d){12,}` and, in each, every sequence
+ * of whole digit groups holding 13-19 digits, first digit 2-6, Luhn-valid, and
+ * stars all its digits but the first six and the last four. Over ASCII a run is
+ * a chain: digit groups joined by gaps of 1-4 bytes of `seps` (the scrubber's
+ * ASCII separators, passed in so the two cannot drift), with 13 digits or more;
+ * a shorter chain holds no match anywhere. The Python pass stays the reference
+ * (tests/sinks/test_blunt_native.py holds the two equal) and the path for text
+ * that is not ASCII. */
+#define BLUNT_MAX_GAP 4
+#define BLUNT_GROUPS 64 /* a chain is decided in windows of this many groups */
+
+typedef struct { ssz *v; ssz n, cap; } Ssz2;
+
+static int ssz2_push(Ssz2 *a, ssz x, ssz y)
+{
+    if (a->n + 2 > a->cap) {
+        ssz cap = a->cap ? a->cap * 2 : 64;
+        ssz *v = realloc(a->v, (size_t)cap * sizeof(ssz));
+        if (!v) return -1;
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+    a->v[a->n++] = y;
+    return 0;
+}
+
+#define ISD(c) ((c) >= '0' && (c) <= '9')
+
+/* Stars of groups gs[0..ng) of one chain (each group: start, length). */
+static int blunt_groups(const unsigned char *b, const ssz *gs, const ssz *gl, int ng, Ssz2 *stars)
+{
+    for (int i = 0; i < ng; i++) {
+        if (b[gs[i]] < '2' || b[gs[i]] > '6') {
+            /* the sequence's first digit is its first group's first: none from here */
+            continue;
+        }
+        ssz total = 0;
+        for (int j = i; j < ng; j++) {
+            total += gl[j];
+            if (total > 19) break;
+            if (total < 13) continue;
+            int sum = 0, odd = 1;
+            for (int g = j; g >= i; g--)
+                for (ssz k = gs[g] + gl[g] - 1; k >= gs[g]; k--, odd = !odd) {
+                    int d = b[k] - '0';
+                    sum += odd ? d : (d < 5 ? 2 * d : 2 * d - 9);
+                }
+            if (sum % 10) continue;
+            ssz k0 = 0;
+            for (int g = i; g <= j; k0 += gl[g], g++) {
+                ssz lo = 6 - k0 > 0 ? 6 - k0 : 0, hi = total - 4 - k0 < gl[g] ? total - 4 - k0 : gl[g];
+                if (lo < hi && ssz2_push(stars, gs[g] + lo, gs[g] + hi) < 0) return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static int blunt_run(const unsigned char *b, ssz n, const unsigned char *issep, Ssz2 *stars)
+{
+    ssz gs[BLUNT_GROUPS], gl[BLUNT_GROUPS];
+    ssz i = 0;
+    while (i < n) {
+        while (i < n && !ISD(b[i])) i++;
+        if (i >= n) break;
+        /* One chain from b[i]: groups while the gap to the next digit is 1-4 separators. */
+        int ng = 0;
+        ssz digits = 0;
+        for (;;) {
+            ssz s = i;
+            while (i < n && ISD(b[i])) i++;
+            if (ng == BLUNT_GROUPS) {
+                /* A window full: decide it, keep the last groups a sequence may still span
+                 * (19 digits reach back at most 19 groups) and go on. */
+                if (digits >= 13 && blunt_groups(b, gs, gl, ng, stars) < 0) return -1;
+                int keep = 19;
+                memmove(gs, gs + ng - keep, keep * sizeof(ssz));
+                memmove(gl, gl + ng - keep, keep * sizeof(ssz));
+                ng = keep;
+                digits = 13; /* the kept groups are re-decided with the next ones */
+                /* Sequences wholly inside the kept groups are found again: starred twice, harmless
+                 * (the caller takes the set of positions). */
+            }
+            gs[ng] = s;
+            gl[ng] = i - s;
+            ng++;
+            digits += i - s;
+            ssz g = i;
+            while (g < n && g - i < BLUNT_MAX_GAP + 1 && issep[b[g]]) g++;
+            if (g < n && g > i && g - i <= BLUNT_MAX_GAP && ISD(b[g])) {
+                i = g;
+                continue;
+            }
+            break;
+        }
+        if (digits >= 13 && blunt_groups(b, gs, gl, ng, stars) < 0) return -1;
+    }
+    return 0;
+}
+
+static PyObject *pairs_list(const Ssz2 *a)
+{
+    PyObject *out = PyList_New(a->n / 2);
+    if (!out) return NULL;
+    for (ssz k = 0; k < a->n / 2; k++) {
+        PyObject *t = Py_BuildValue("(nn)", a->v[2 * k], a->v[2 * k + 1]);
+        if (!t) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, t);
+    }
+    return out;
+}
+
+static PyObject *blunt_stars(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *obj;
+    Py_buffer v;
+    const char *seps;
+    Py_ssize_t nseps;
+    if (!PyArg_ParseTuple(args, "Oy#", &obj, &seps, &nseps)) return NULL;
+    unsigned char issep[256] = {0};
+    for (Py_ssize_t k = 0; k < nseps; k++) {
+        if (ISD(seps[k])) {
+            PyErr_SetString(PyExc_ValueError, "a digit is not a separator");
+            return NULL;
+        }
+        issep[(unsigned char)seps[k]] = 1;
+    }
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) return NULL;
+    Ssz2 stars = {0};
+    int rc;
+    if (PyBytes_CheckExact(obj) && v.len >= GIL_RELEASE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = blunt_run(v.buf, v.len, issep, &stars);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = blunt_run(v.buf, v.len, issep, &stars);
+    }
+    PyBuffer_Release(&v);
+    PyObject *res = rc < 0 ? PyErr_NoMemory() : pairs_list(&stars);
+    free(stars.v);
+    return res;
+}
+
+static PyMethodDef module_methods[] = {
+    {"blunt_stars", blunt_stars, METH_VARARGS,
+     "blunt_stars(ascii buf, separators) -> [(start, end)]: what the sinks' blunt pass stars"},
+    {NULL, NULL, 0, NULL}};
+
 static PyMethodDef Engine_methods[] = {
     {"scan", (PyCFunction)Engine_scan, METH_VARARGS, "scan(buf, base, stop) -> findings, as Scanner.scan"},
     {"mask", (PyCFunction)Engine_mask, METH_VARARGS, "mask(buf, base, stop) -> (masked buf[base:stop], count, sad)"},
@@ -1256,7 +1412,7 @@ static PyTypeObject EngineType = {
 };
 
 static struct PyModuleDef moddef = {PyModuleDef_HEAD_INIT, "_pannative",
-                                    "Native PAN engine (see pangate.pan.native).", -1, NULL};
+                                    "Native PAN engine (see pangate.pan.native).", -1, module_methods};
 
 PyMODINIT_FUNC PyInit__pannative(void)
 {

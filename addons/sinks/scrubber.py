@@ -24,7 +24,8 @@ import re
 import threading
 
 from pangate.credentials.forms import Redactor, echo_forms
-from pangate.pan.engine import Masker
+from pangate.pan import native as _native
+from pangate.pan.engine import ENGINE, Masker
 
 # Bearer material by shape. A JWT is three base64url parts, the first a JSON header ("eyJ").
 _JWT = r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"
@@ -341,6 +342,26 @@ def _card_digits(value: str, spans: list | None = None) -> list[int]:
     return out
 
 
+# The blunt pass over ASCII text in C (pan/_pannative.c blunt_stars): over a digit-rich 1 MB
+# body the per-run Python work below is most of the second wall's cost. Only where the process
+# runs the native engine, so a PANGATE_ENGINE=python run exercises the Python pass end to end.
+_NATIVE_STARS = getattr(_native._MOD, "blunt_stars", None) if ENGINE == "native" else None
+_ASCII_SEPS_BYTES = _ASCII_SEPS.encode("ascii")
+
+
+def _card_stars(value: str) -> list[int]:
+    """The positions _card_digits(value) returns (in any order), in C for ASCII text."""
+    if _NATIVE_STARS is not None and value.isascii():
+        try:
+            ranges = _NATIVE_STARS(value.encode("ascii"), _ASCII_SEPS_BYTES)
+        except Exception:  # a native failure costs time, never a star: the Python pass decides
+            ranges = None
+        if ranges is not None:
+            return [p for a, b in ranges for p in range(a, b)]
+    spans = _candidates(value)
+    return _card_digits(value, spans) if spans else []
+
+
 def _run_stars(run: re.Match, out: list[int]) -> None:
     text, base = run.group(), run.start()
     groups = [(m.start() + base, m.group()) for m in _GROUP.finditer(text)]
@@ -362,10 +383,7 @@ def _run_stars(run: re.Match, out: list[int]) -> None:
 
 def _blunt(value: str) -> str:
     """value with every card number found by the blunt pass starred (raw, then unescaped)."""
-    stars: list[int] = []
-    spans = _candidates(value)
-    if spans:
-        stars = _card_digits(value, spans)
+    stars = _card_stars(value)
     if "\\" in value or "&" in value or "%" in value:  # _ESCAPE_LEAD, without a regex over it all
         for start, end in _clusters_with_escapes(value):
             for a, b in _escaped_cards(value[start:end]):
