@@ -1387,9 +1387,80 @@ static PyObject *blunt_stars(PyObject *self, PyObject *args)
     return res;
 }
 
+/* ---- Literal probes: does any of a few lower-case needles occur in buf, ASCII case folded ----
+ *
+ * found_folded(buf, needles) is `any(n in buf.lower() for n in needles)` in one pass and
+ * without the lowered copy: the sinks' word hints and the redactors' secret probes run it
+ * over every stored body. Needles are 2 bytes or longer (the caller checks; shorter raise);
+ * a table of their first two bytes keeps the per-byte work to one lookup. */
+#define FOLD(c) ((unsigned char)((c) >= 'A' && (c) <= 'Z' ? (c) + 32 : (c)))
+#define MAX_NEEDLES 256
+
+static int found_run(const unsigned char *b, ssz n, const unsigned char *const *nd, const ssz *nl, int nn,
+                     const unsigned char *bits)
+{
+    for (ssz i = 0; i + 1 < n; i++) {
+        unsigned key = (unsigned)FOLD(b[i]) << 8 | FOLD(b[i + 1]);
+        if (!(bits[key >> 3] & (1u << (key & 7)))) continue;
+        for (int k = 0; k < nn; k++) {
+            if (nd[k][0] != FOLD(b[i]) || nd[k][1] != FOLD(b[i + 1]) || nl[k] > n - i) continue;
+            ssz j = 2;
+            while (j < nl[k] && nd[k][j] == FOLD(b[i + j])) j++;
+            if (j == nl[k]) return 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *found_folded(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *obj, *needles;
+    if (!PyArg_ParseTuple(args, "OO!", &obj, &PyTuple_Type, &needles)) return NULL;
+    Py_ssize_t nn = PyTuple_GET_SIZE(needles);
+    if (nn > MAX_NEEDLES) {
+        PyErr_SetString(PyExc_ValueError, "too many needles");
+        return NULL;
+    }
+    const unsigned char *nd[MAX_NEEDLES];
+    ssz nl[MAX_NEEDLES];
+    unsigned char bits[8192] = {0};
+    for (Py_ssize_t k = 0; k < nn; k++) {
+        PyObject *o = PyTuple_GET_ITEM(needles, k);
+        if (!PyBytes_Check(o) || PyBytes_GET_SIZE(o) < 2) {
+            PyErr_SetString(PyExc_ValueError, "needles are bytes of 2 or more");
+            return NULL;
+        }
+        nd[k] = (const unsigned char *)PyBytes_AS_STRING(o);
+        nl[k] = PyBytes_GET_SIZE(o);
+        for (ssz j = 0; j < nl[k]; j++)
+            if (FOLD(nd[k][j]) != nd[k][j]) {
+                PyErr_SetString(PyExc_ValueError, "needles are lower case");
+                return NULL;
+            }
+        unsigned key = (unsigned)nd[k][0] << 8 | nd[k][1];
+        bits[key >> 3] |= (unsigned char)(1u << (key & 7));
+    }
+    Py_buffer v;
+    if (PyObject_GetBuffer(obj, &v, PyBUF_SIMPLE) < 0) return NULL;
+    int found;
+    /* The needles stay alive: the argument tuple holds them for the call. */
+    if (PyBytes_CheckExact(obj) && v.len >= GIL_RELEASE_BYTES) {
+        Py_BEGIN_ALLOW_THREADS
+        found = found_run(v.buf, v.len, nd, nl, (int)nn, bits);
+        Py_END_ALLOW_THREADS
+    } else {
+        found = found_run(v.buf, v.len, nd, nl, (int)nn, bits);
+    }
+    PyBuffer_Release(&v);
+    return PyBool_FromLong(found);
+}
+
 static PyMethodDef module_methods[] = {
     {"blunt_stars", blunt_stars, METH_VARARGS,
      "blunt_stars(ascii buf, separators) -> [(start, end)]: what the sinks' blunt pass stars"},
+    {"found_folded", found_folded, METH_VARARGS,
+     "found_folded(buf, lower-case needles) -> any(n in buf.lower() for n in needles)"},
     {NULL, NULL, 0, NULL}};
 
 static PyMethodDef Engine_methods[] = {

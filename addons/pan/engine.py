@@ -439,6 +439,12 @@ def _reference(mode: str, key: bytes | None) -> Masker:
 
 ENGINE, ENGINE_DETAIL = _native.choose(_reference)
 
+
+def native_function(name: str):
+    """One of the native extension's helpers (pan/_pannative.c), where this process runs the
+    native engine; else None and the caller keeps its Python code (the reference)."""
+    return getattr(_native._MOD, name, None) if ENGINE == "native" else None
+
 _DEFAULT = Masker()
 _PLAIN = Masker(sad=False)
 
