@@ -139,3 +139,44 @@ def test_java_recipe_gets_200_through_the_gateway(gateway, upstream, mint, tmp_p
         if not challenges or not challenges[0].lower().startswith("basic"):
             raise BearerChallengeFirst(f"Java got 407; the gateway's challenges: {challenges}")
     assert_200_through_gateway(res)
+
+
+URLCONNECTION_CHECK = """import java.io.*;
+import java.net.*;
+
+public class PangateCheck {
+    public static void main(String[] args) throws Exception {
+        Authenticator.setDefault(new Authenticator() {
+            @Override protected PasswordAuthentication getPasswordAuthentication() {
+                if (getRequestorType() != RequestorType.PROXY) return null;
+                return new PasswordAuthentication(System.getenv("PANGATE_IDENTITY"),
+                                                  System.getenv("PANGATE_TOKEN").toCharArray());
+            }
+        });
+        HttpURLConnection c = (HttpURLConnection) URI.create(args[0]).toURL().openConnection();
+        int status = c.getResponseCode();
+        try (InputStream in = status < 400 ? c.getInputStream() : c.getErrorStream()) {
+            if (in != null) System.out.println(new String(in.readAllBytes(), "UTF-8"));
+        }
+        System.out.println("HTTP " + status);
+    }
+}
+"""
+
+
+def test_java_recipe_flags_serve_httpurlconnection_too(gateway, upstream, mint, tmp_path):
+    """The recipe's system properties (empty nonProxyHosts and tunneling.disabledSchemes), with
+    HttpURLConnection and Authenticator.setDefault in place of HttpClient, as its comment says."""
+    need("java")
+    need("keytool")
+    url = f"https://localhost:{upstream.port}/v1/charges"
+    res = export(gateway.confdir, "--client", "java", "--proxy", gateway.proxy_url, "--url", url)
+    assert res.returncode == 0, res.stderr
+    head, rest = res.stdout.split("cat > PangateCheck.java <<'JAVA'\n", 1)
+    _, tail = rest.split("\nJAVA\n", 1)
+    assert "-Djdk.http.auth.tunneling.disabledSchemes=" in tail and "-Dhttp.nonProxyHosts=" in tail
+    script = tmp_path / "java-urlconnection.sh"
+    script.write_text(head + "cat > PangateCheck.java <<'JAVA'\n" + URLCONNECTION_CHECK + "JAVA\n" + tail)
+    out = subprocess.run(["bash", "-euo", "pipefail", str(script)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=180, env=clean_env(PANGATE_IDENTITY="reader", PANGATE_TOKEN=mint("reader")))
+    assert_200_through_gateway(out)
