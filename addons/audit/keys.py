@@ -135,9 +135,13 @@ def _file_message(name: str, size: int, digest: str) -> bytes:
     return f"pangate-file-digest/1\nname={name}\nsize={size}\nsha256={digest}\n".encode()
 
 
-def sign_file(path: str, key: Ed25519PrivateKey) -> dict:
-    """Write `<path>.sig` (sha256, size, Ed25519 signature) for a finished recording."""
-    digest, size = _file_digest(path)
+def sign_file(path: str, key: Ed25519PrivateKey, written: tuple[str, int] | None = None) -> dict:
+    """Write `<path>.sig` (sha256, size, Ed25519 signature) for a finished recording.
+
+    `written` is (sha256 hex, size) of what the writer wrote, kept as it wrote, so a rotation
+    does not read the file back; without it the file is read (a file found at start-up). A
+    file changed behind the writer's back then fails verification instead of being signed."""
+    digest, size = written or _file_digest(path)
     name = os.path.basename(path)
     doc = {"file": name, "size": size, "sha256": digest, "alg": "ed25519",
            "key_id": key_id(key.public_key()),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import heapq
 import itertools
 import logging
@@ -338,6 +339,8 @@ class RecordingFiles:
         self._fo = self._path = None
         self._good = 0  # end of the last whole flow in the current file
         self._to_sign: str | None = None  # closed, not signed yet (signing failed)
+        self._to_sign_written: tuple[str, int] | None = None  # its running digest and size
+        self._hash = None  # sha256 of the open file's bytes [0, _good): signed at rotation, never re-read
         self._opened = 0.0
         self._synced, self._dirty = 0.0, False
         os.makedirs(self.directory, mode=0o750, exist_ok=True)
@@ -456,7 +459,7 @@ class RecordingFiles:
         try:
             self._rotate()
             if self._to_sign:
-                sign_file(self._to_sign, self.key)
+                sign_file(self._to_sign, self.key, self._to_sign_written)
         except OSError as e:
             log.error("pangate recording: the last file could not be closed and signed: %s", e)
         self._report_drops(final=True)
@@ -524,8 +527,8 @@ class RecordingFiles:
 
     def _write(self, pending: list) -> None:
         if self._to_sign:  # a rotation whose signature failed: signed before anything new
-            sign_file(self._to_sign, self.key)
-            self._to_sign = None
+            sign_file(self._to_sign, self.key, self._to_sign_written)
+            self._to_sign = self._to_sign_written = None
         self._rotate_if_due()
         while pending:
             if self._fo is None:
@@ -535,9 +538,15 @@ class RecordingFiles:
                 pending.pop(0)
                 self._finish(seq, lost=True)
                 continue
-            tnetstring.dump(state, self._fo)  # as mitmproxy's FlowWriter.add writes get_state()
+            data = tnetstring.dumps(state)  # as mitmproxy's FlowWriter.add writes get_state()
+            self._fo.write(data)
             self._fo.flush()
-            self._good = self._fo.tell()
+            good = self._fo.tell()
+            if self._hash is not None and good == self._good + len(data):
+                self._hash.update(data)
+            else:  # not the bytes counted: the rotation reads the file instead
+                self._hash = None
+            self._good = good
             self._dirty = True
             pending.pop(0)  # written: a retry after a failure resumes after it, no duplicates
             self._finish(seq)
@@ -573,6 +582,7 @@ class RecordingFiles:
             n += 1
         self._fo = self._opener(path, "xb")
         self._path, self._opened, self._good = path, time.time(), 0
+        self._hash = hashlib.sha256()
 
     def _rotate(self) -> None:
         if self._path is None:
@@ -584,9 +594,11 @@ class RecordingFiles:
         self._fo.close()
         self._fo = None
         self._dirty = False
-        self._to_sign, self._path, self._good = self._path, None, 0
-        sign_file(self._to_sign, self.key)
-        self._to_sign = None
+        written = (self._hash.hexdigest(), self._good) if self._hash is not None else None
+        self._to_sign, self._to_sign_written = self._path, written
+        self._path, self._good, self._hash = None, 0, None
+        sign_file(self._to_sign, self.key, written)
+        self._to_sign = self._to_sign_written = None
 
     def _close_quietly(self) -> None:
         if self._fo is not None:

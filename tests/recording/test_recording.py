@@ -82,6 +82,25 @@ def test_files_rotate_and_are_signed(tmp_path):
     assert verify_file(str(recs[0]), key.public_key())[0] is False
 
 
+def test_rotation_signs_the_running_digest_without_reading_the_file_back(tmp_path, monkeypatch):
+    """The writer hashes what it writes; a rotation signs that (no second read of every byte)."""
+    from pangate.audit import keys
+
+    key = Ed25519PrivateKey.generate()
+    reads = []
+    real = keys._file_digest
+    monkeypatch.setattr(keys, "_file_digest", lambda path: reads.append(path) or real(path))
+    files = RecordingFiles(str(tmp_path), key, rotate_bytes=1, rotate_seconds=3600)
+    for _ in range(3):
+        files.put((_flow(), Scrubber()))
+    files.close()
+    assert reads == []
+    recs = sorted(tmp_path.glob("*.mitm"))
+    assert len(recs) == 3
+    for r in recs:
+        assert verify_file(str(r), key.public_key()) == (True, "ok")  # the digest is of the bytes on disk
+
+
 def test_leftover_file_is_sealed_on_start(tmp_path):
     key = Ed25519PrivateKey.generate()
     (tmp_path / "flows-20260101-000000-001.mitm").write_bytes(b"")
