@@ -8,10 +8,10 @@ votes.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from dataclasses import dataclass, field
 
+from pangate.common.ids import hex_id
 from pangate.policy.decide import Request, judged_method, path_triggers, query_triggers
 from pangate.policy.model import Approval, Policy
 
@@ -133,7 +133,7 @@ class Ledger:
         self.grants: dict[tuple[str, str], tuple[float, Pending]] = {}
 
     def open(self, rule: Approval, requester: str, summary: dict, request_id: str | None) -> Pending:
-        p = Pending("apr_" + secrets.token_hex(8), rule, requester, summary, request_id, self.clock())
+        p = Pending("apr_" + hex_id(16), rule, requester, summary, request_id, self.clock())
         self.pending[p.id] = p
         return p
 
@@ -270,7 +270,7 @@ class SharedLedger:
         await self._s().publish({"kind": "approval", "id": p.id, "status": p.status})
 
     async def open(self, rule, requester, summary, request_id, owner=None) -> Pending:
-        p = Pending("apr_" + secrets.token_hex(8), rule, requester, summary, request_id, self.clock(), owner=owner)
+        p = Pending("apr_" + hex_id(16), rule, requester, summary, request_id, self.clock(), owner=owner)
         await self._s().set(self.PREFIX + p.id, p.to_doc(), self._ttl(p))
         if rule.mode == "grant":
             await self._s().set(self.OPEN + self._pair(requester, rule.name), p.id, rule.timeout)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from typing import Generic, TypedDict, TypeVar
 
 from mitmproxy import http
 
 from pangate.chain.wire import abort_connections, may_stream
+from pangate.common.ids import hex_id
 from pangate.sinks.scrubber import default as sink_scrubber
 
 log = logging.getLogger("pangate")
@@ -183,7 +183,7 @@ def request_id(flow) -> str:
     fc = FlowContext.of(flow)
     rid = fc.request_id
     if rid is None:
-        rid = fc.request_id = uuid.uuid4().hex[:20]
+        rid = fc.request_id = hex_id(20)  # never mistaken for a card number (common/ids.py)
     return rid
 
 
