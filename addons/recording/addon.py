@@ -297,6 +297,18 @@ def serialize(flow, scrubber: "Scrubber") -> dict:
     return StateSeal(redactor=scrubber.redactor, memo=scrubber.seal_memo).state(state)
 
 
+def _weight(flow) -> int:
+    """What a queued flow (or its get_state() snapshot) holds in bodies, plus a little for the rest."""
+    if isinstance(flow, dict):
+        msgs = [flow.get("request"), flow.get("response")]
+        body = sum(len(m.get("content") or b"") for m in msgs if isinstance(m, dict))
+        ws = (flow.get("websocket") or {}).get("messages") or ()
+        return 1024 + body + sum(len(m[2]) for m in ws if isinstance(m, (list, tuple)) and len(m) > 2
+                                 and isinstance(m[2], (bytes, str)))
+    msgs = [m for m in (getattr(flow, "request", None), getattr(flow, "response", None)) if m is not None]
+    return 1024 + sum(len(m.raw_content or b"") for m in msgs)
+
+
 class RecordingFiles:
     """Owns the recording files on a background thread: append, rotate, sign.
 
@@ -309,6 +321,8 @@ class RecordingFiles:
         records those refusals, coalesced). The count is reported as a
         `recordings_dropped` event (an alert) once writing works again, or every
         DROP_REPORT_SECONDS while it does not.
+      * Past `max_queue_bytes` of bodies waiting, `backlogged()` says so and the Recorder
+        holds each response until its flow is written: backpressure, nothing dropped.
       * `put()` returns a number; `awritten(n)` says when that flow is in the file
         (handed to the kernel: it survives the gateway being killed). The Recorder
         holds each response until then, so no answered flow is missing after a crash.
@@ -319,11 +333,14 @@ class RecordingFiles:
     """
 
     def __init__(self, directory: str, key, rotate_bytes: int, rotate_seconds: float, on_state=None, *,
-                 max_queue: int = 10000, on_event=None, retry_interval: float = 0.5, opener=None):
+                 max_queue: int = 10000, on_event=None, retry_interval: float = 0.5, opener=None,
+                 max_queue_bytes: int = 128 << 20):
         self.directory = os.path.abspath(directory)
         self.key, self.rotate_bytes, self.rotate_seconds = key, rotate_bytes, rotate_seconds
         self.on_state, self.on_event = on_state, on_event
         self.max_queue, self.retry_interval = max_queue, retry_interval
+        self.max_queue_bytes = max_queue_bytes
+        self._queued_bytes = 0  # body bytes of the flows queued or being scrubbed, not yet written
         self._opener = opener or open
         self._items: deque = deque()
         self._cv = threading.Condition()
@@ -381,9 +398,15 @@ class RecordingFiles:
                 self.dropped += 1
                 return None
             self._seq += 1
-            self._items.append((self._seq, item))
+            weight = _weight(item[0])
+            self._queued_bytes += weight
+            self._items.append((self._seq, item, weight))
             self._cv.notify()
             return self._seq
+
+    def backlogged(self) -> bool:
+        """More body bytes wait to be recorded than the budget: the writer is behind."""
+        return self._queued_bytes > self.max_queue_bytes
 
     def written(self, seq: int) -> bool:
         with self._cv:
@@ -414,9 +437,13 @@ class RecordingFiles:
         with self._cv:
             if not self._items and not self._stopping:
                 self._cv.wait(SYNC_SECONDS)
-            batch = []
-            while self._items and len(batch) < BATCH:  # the rest waits for the next round
-                batch.append(self._items.popleft())
+            batch, size = [], 0
+            # The rest waits for the next round: a batch is scrubbed whole before it is written,
+            # so its bytes are bounded too (a quarter of the budget, at least one flow).
+            while self._items and len(batch) < BATCH and (not batch or size < self.max_queue_bytes // 4):
+                seq, item, weight = self._items.popleft()
+                batch.append((seq, item, weight))
+                size += weight
             return batch, self._stopping and not self._items
 
     def _run(self) -> None:
@@ -425,9 +452,11 @@ class RecordingFiles:
             batch, stop = self._take()
             pending = []
             with LOOP_FIRST:  # the scrub is pure Python: the event loop gets the GIL back sooner
-                for seq, (flow, scrubber) in batch:
+                for seq, (flow, scrubber), _ in batch:
                     # None: lost, settled in its turn (the flows queued before it are not written yet)
                     pending.append((seq, self._scrub(flow, scrubber)))
+            batch_bytes = sum(weight for _, _, weight in batch)
+            del batch  # the snapshots: only their sealed states are kept until written
             while True:
                 try:
                     self._write(pending)
@@ -447,14 +476,17 @@ class RecordingFiles:
                         except OSError:
                             self._close_quietly()
                             with self._cv:
-                                rest = pending + list(self._items)
+                                rest = [seq for seq, _ in pending] + [seq for seq, _, _ in self._items]
+                                self._queued_bytes -= sum(weight for _, _, weight in self._items)
                                 self._items.clear()
-                            for seq, _ in rest:
+                            for seq in rest:
                                 self._finish(seq, lost=True)
                             with self._cv:
                                 self.dropped += len(rest)
                             stop = True
                         break
+            with self._cv:
+                self._queued_bytes -= batch_bytes
             self._report_drops()
         try:
             self._rotate()
@@ -670,17 +702,20 @@ class Recorder(Component):
         loader.add_option("pangate_recordings_queue", int, 10000,
                           "Most flows waiting in memory to be recorded; past that they are dropped, counted "
                           "and the count audited (recordings_dropped).")
+        loader.add_option("pangate_recordings_queue_mb", int, 128,
+                          "Most body megabytes waiting in memory to be recorded; past that each response "
+                          "waits for its flow to be written (backpressure, nothing dropped).")
 
     def configure(self, updated):
         keys = {"pangate_recordings_dir", "pangate_recordings_rotate_mb", "pangate_recordings_rotate_minutes",
-                "pangate_recordings_queue", "pangate_audit_key"}
+                "pangate_recordings_queue", "pangate_recordings_queue_mb", "pangate_audit_key"}
         if not keys & set(updated):
             return
         opts = ctx.options
         if opts.pangate_recordings_rotate_mb < 1 or opts.pangate_recordings_rotate_minutes < 1:
             raise exceptions.OptionsError("pangate_recordings_rotate_mb and _minutes must be at least 1")
-        if opts.pangate_recordings_queue < 1:
-            raise exceptions.OptionsError("pangate_recordings_queue must be at least 1")
+        if opts.pangate_recordings_queue < 1 or opts.pangate_recordings_queue_mb < 1:
+            raise exceptions.OptionsError("pangate_recordings_queue and pangate_recordings_queue_mb must be at least 1")
         if self.files:
             self.files.close()
             self.files = None
@@ -690,7 +725,8 @@ class Recorder(Component):
             key = load_or_create_signing_key(opts.pangate_audit_key, opts.pangate_audit_dir)
             self.files = RecordingFiles(opts.pangate_recordings_dir, key, opts.pangate_recordings_rotate_mb << 20,
                                         opts.pangate_recordings_rotate_minutes * 60, self._state_changed,
-                                        max_queue=opts.pangate_recordings_queue, on_event=self._event)
+                                        max_queue=opts.pangate_recordings_queue, on_event=self._event,
+                                        max_queue_bytes=opts.pangate_recordings_queue_mb << 20)
         except (OSError, ValueError) as e:
             raise exceptions.OptionsError(f"pangate recordings: {e}") from None
 
@@ -753,7 +789,11 @@ class Recorder(Component):
         seq = self._save(flow)
         if not ctx.options.pangate_audit_strict:
             # Default mode: recordings follow the response within the writer's group window,
-            # like the audit trail's (the loss bound README states); no response waits for them.
+            # like the audit trail's (the loss bound README states); no response waits for them,
+            # unless the writer is behind by more than its byte budget: then this one waits for
+            # its flow to be written (backpressure instead of a backlog that grows with the load).
+            if seq is not None and self.files is not None and self.files.backlogged():
+                return self._wait(seq)
             return None
         if FlowContext.of(flow).refused is not None:
             return None if seq is None else self._wait(seq)  # a refusal is answered either way

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
+import threading
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mitmproxy.io import FlowReader
@@ -185,3 +187,32 @@ def test_a_snapshot_that_cannot_be_scrubbed_is_stored_as_a_bare_stub():
     f.comment = "card 4111111111111111"
     stub = RecordingFiles._scrub(f.get_state(), Broken())
     assert stub is not None and "4111111111111111" not in repr(stub) and SECRET not in repr(stub)
+
+
+def test_a_writer_behind_by_its_byte_budget_is_backlogged_until_it_catches_up(tmp_path):
+    """Backpressure, not a backlog: past max_queue_bytes of queued bodies backlogged() is true
+    (the Recorder then holds responses until their flows are written), and it clears once the
+    writer has written them; nothing is dropped."""
+    release = threading.Event()
+
+    def slow_open(path, mode):
+        release.wait(30)  # the disk is slow: the writer cannot open its file yet
+        return open(path, mode)
+
+    key = Ed25519PrivateKey.generate()
+    files = RecordingFiles(str(tmp_path), key, 1 << 30, 3600, opener=slow_open, max_queue_bytes=200_000)
+    big = _flow()
+    big.response.headers.pop("Content-Encoding")
+    big.response.raw_content = b"x" * 60_000
+    seqs = [files.put((big.get_state(), Scrubber()))]
+    assert not files.backlogged()
+    seqs += [files.put((big.get_state(), Scrubber())) for _ in range(4)]
+    assert files.backlogged()  # 5 x 60 KB queued: over the 200 KB budget
+    release.set()
+    assert asyncio.run(files.awritten(seqs[-1], 30)), "the writer never caught up"
+    assert all(files.written(s) for s in seqs)
+    assert not files.backlogged() and files.dropped == 0
+    files.close()
+    (rec,) = sorted(tmp_path.glob("*.mitm"))
+    with open(rec, "rb") as fh:
+        assert len(list(FlowReader(fh).stream())) == 5
