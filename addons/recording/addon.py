@@ -322,7 +322,8 @@ class RecordingFiles:
         `recordings_dropped` event (an alert) once writing works again, or every
         DROP_REPORT_SECONDS while it does not.
       * Past `max_queue_bytes` of bodies waiting, `backlogged()` says so and the Recorder
-        holds each response until its flow is written: backpressure, nothing dropped.
+        holds each response until its flow is written: backpressure, nothing dropped. While
+        writing fails, flows past that budget are dropped and counted instead.
       * `put()` returns a number; `awritten(n)` says when that flow is in the file
         (handed to the kernel: it survives the gateway being killed). The Recorder
         holds each response until then, so no answered flow is missing after a crash.
@@ -394,7 +395,8 @@ class RecordingFiles:
         """Queue (flow or its get_state() snapshot, scrubber); its number, or None if it was counted
         as dropped instead."""
         with self._cv:
-            if self._stopping or len(self._items) >= self.max_queue or (refused and self.failure is not None):
+            if (self._stopping or len(self._items) >= self.max_queue or (refused and self.failure is not None)
+                    or (self.failure is not None and self._queued_bytes > self.max_queue_bytes)):
                 self.dropped += 1
                 return None
             self._seq += 1
@@ -405,8 +407,10 @@ class RecordingFiles:
             return self._seq
 
     def backlogged(self) -> bool:
-        """More body bytes wait to be recorded than the budget: the writer is behind."""
-        return self._queued_bytes > self.max_queue_bytes
+        """More body bytes wait to be recorded than the budget: the writer is behind. Not while
+        writing fails: a held response would not help it catch up, so past the budget flows are
+        dropped and counted instead (recordings_dropped), as refused ones are."""
+        return self.failure is None and self._queued_bytes > self.max_queue_bytes
 
     def written(self, seq: int) -> bool:
         with self._cv:

@@ -181,3 +181,27 @@ def test_garbage_inside_a_file_is_quarantined_unsigned(tmp_path):
     assert not rec.exists() and not (tmp_path / (rec.name + ".sig")).exists()
     assert (tmp_path / (rec.name + ".torn")).read_bytes() == bad
     assert seen == [("recording_quarantined", True)]
+
+
+def test_during_an_outage_the_byte_budget_drops_instead_of_holding(tmp_path):
+    """Holding responses cannot help a writer that cannot write: past the budget flows are
+    dropped and counted (as the flow-count bound does), and backlogged() stays false."""
+    key = Ed25519PrivateKey.generate()
+    disk = Disk()
+    disk.full.set()
+    files = RecordingFiles(str(tmp_path), key, 1 << 30, 3600, retry_interval=0.02, opener=disk,
+                           max_queue_bytes=20_000)
+    big = []
+    for i in range(12):
+        f = _flow(i)
+        f.response.raw_content = b"x" * 4000
+        big.append(f)
+    files.put((big[0], Scrubber()))
+    assert _wait(lambda: files.failure is not None)
+    accepted = [files.put((f, Scrubber())) for f in big[1:]]
+    assert not files.backlogged()
+    assert None in accepted and files.dropped == accepted.count(None)
+    disk.full.clear()
+    kept = [s for s in accepted if s is not None]
+    assert _wait(lambda: files.written(kept[-1]))
+    files.close()
