@@ -1312,16 +1312,15 @@ static int blunt_run(const unsigned char *b, ssz n, const unsigned char *issep, 
             ssz s = i;
             while (i < n && ISD(b[i])) i++;
             if (ng == BLUNT_GROUPS) {
-                /* A window full: decide it, keep the last groups a sequence may still span
-                 * (19 digits reach back at most 19 groups) and go on. */
-                if (digits >= 13 && blunt_groups(b, gs, gl, ng, stars) < 0) return -1;
+                /* A window full (64 groups: 64 digits at least): decide it, keep the last
+                 * groups a sequence may still span (19 digits reach back at most 19 groups)
+                 * and go on. Sequences wholly inside the kept groups are found again: starred
+                 * twice, harmless (the caller takes the set of positions). */
+                if (blunt_groups(b, gs, gl, ng, stars) < 0) return -1;
                 int keep = 19;
                 memmove(gs, gs + ng - keep, keep * sizeof(ssz));
                 memmove(gl, gl + ng - keep, keep * sizeof(ssz));
                 ng = keep;
-                digits = 13; /* the kept groups are re-decided with the next ones */
-                /* Sequences wholly inside the kept groups are found again: starred twice, harmless
-                 * (the caller takes the set of positions). */
             }
             gs[ng] = s;
             gl[ng] = i - s;

@@ -23,9 +23,8 @@ import json
 import re
 import threading
 
-from pangate.credentials.forms import FOUND_FOLDED, Redactor, echo_forms
-from pangate.pan import native as _native
-from pangate.pan.engine import ENGINE, Masker
+from pangate.credentials.forms import Redactor, any_in_lowered, echo_forms
+from pangate.pan.engine import Masker, native_function
 
 # Bearer material by shape. A JWT is three base64url parts, the first a JSON header ("eyJ").
 _JWT = r"eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]*"
@@ -70,11 +69,8 @@ _NATIVE_HINT_LEN = 256  # shorter values: lowering and a few `in` tests cost les
 def _data_hint(value, which: int) -> bool:
     """_hint / _token_hint (which 1 / 0) of value.lower(), for bytes; in one pass in C when long."""
     words = _WORDS[bytes][which]
-    if FOUND_FOLDED is not None and len(value) > _NATIVE_HINT_LEN:
-        try:
-            return FOUND_FOLDED(value, words)
-        except Exception:  # a native failure costs time, never a miss
-            pass
+    if len(value) > _NATIVE_HINT_LEN:
+        return any_in_lowered(value, words)
     low = value.lower()
     return any(w in low for w in words)
 
@@ -357,7 +353,7 @@ def _card_digits(value: str, spans: list | None = None) -> list[int]:
 # The blunt pass over ASCII text in C (pan/_pannative.c blunt_stars): over a digit-rich 1 MB
 # body the per-run Python work below is most of the second wall's cost. Only where the process
 # runs the native engine, so a PANGATE_ENGINE=python run exercises the Python pass end to end.
-_NATIVE_STARS = getattr(_native._MOD, "blunt_stars", None) if ENGINE == "native" else None
+_NATIVE_STARS = native_function("blunt_stars")
 _ASCII_SEPS_BYTES = _ASCII_SEPS.encode("ascii")
 
 

@@ -70,7 +70,7 @@ def test_a_native_failure_falls_back_in_the_sinks_hints(monkeypatch):
     def broken(*a):
         raise MemoryError("simulated")
 
-    monkeypatch.setattr(sc, "FOUND_FOLDED", broken)
+    monkeypatch.setattr(forms, "FOUND_FOLDED", broken)
     body = b"x" * 1000 + b" Authorization: Bearer abcdefghijklmnop"
     assert sc._data_hint(body, 0) and sc._data_hint(body, 1)
     assert b"abcdefghijklmnop" not in sc.SinkScrubber().data(body)
